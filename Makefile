@@ -1,0 +1,39 @@
+# `make run`: set up .venv, then start the app. `make test`: set up, then run the whole suite.
+# Nothing needs installing by hand: Python packages come from PyPI, Chromium (browser tests) from Debian.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+EQUIADAPT_WHEEL := .cache/equiadapt-0.1.2-py3-none-any.whl
+EQUIADAPT_SHA256 := bd0fae2d8e755721995bc89cf7cbec72a4f20f981c45ddcb1137dc6a61a56d12
+
+.PHONY: setup run test paper-weights clean
+
+setup: $(INSTALLED) $(EQUIADAPT_WHEEL)
+
+$(INSTALLED): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	# escnn declares py3nj, which only builds with a Fortran compiler and is not needed for C_n groups.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps escnn==1.0.11
+	touch $@
+
+# The paper's canonicalizer checkpoint ships inside the equiadapt 0.1.2 wheel (MIT); `python -m canon convert`
+# reads it from there. Downloaded only, never installed (it would bring its own torch and stray packages).
+$(EQUIADAPT_WHEEL): | $(INSTALLED)
+	mkdir -p .cache
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps equiadapt==0.1.2 -d .cache
+	echo "$(EQUIADAPT_SHA256)  $@" | sha256sum --check --quiet
+
+paper-weights: setup
+	$(PY) -m canon convert --source $(EQUIADAPT_WHEEL)
+
+run: setup
+	$(PY) app.py
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .cache

@@ -1,0 +1,226 @@
+"""Command line: ``python -m canon {segment,evaluate,convert,publish} ...``; ``--help`` on each.
+
+Every argument and input file is checked before a model is loaded; a problem exits with status 2 and one line
+``error: ...`` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class CliError(Exception):
+    """A user error: printed as one ``error: ...`` line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message; one line is easier to read and to test
+        raise CliError(f"{message} (see {self.prog} --help)")
+
+
+def _point(text: str) -> tuple[float, float, int]:
+    parts = text.split(",")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        x, y = float(parts[0]), float(parts[1])
+        label = int(parts[2]) if len(parts) == 3 else 1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--point takes X,Y or X,Y,LABEL with LABEL 1 or 0, got {text!r}") from None
+    if not (np.isfinite(x) and np.isfinite(y)) or label not in (0, 1):
+        raise argparse.ArgumentTypeError(f"--point takes finite X,Y and LABEL 1 or 0, got {text!r}")
+    return x, y, label
+
+
+def _box(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+        if len(values) != 4 or not all(np.isfinite(values)):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--box takes X0,Y0,X1,Y1 (four finite numbers), got {text!r}") from None
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m canon", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    seg = commands.add_parser("segment", help="SAM alone and SAM + canonicalizer on one photo")
+    seg.add_argument("image", help="photo to segment (JPEG, PNG, ...)")
+    seg.add_argument("--rotate", type=float, default=0.0,
+                     help="rotate the photo by this many degrees counter-clockwise first (a multiple of 90)")
+    seg.add_argument("--point", type=_point, action="append", default=[], metavar="X,Y[,LABEL]",
+                     help="a click in the photo as stored on disk (x right, y down, pixels); LABEL 1 = object "
+                          "(default), 0 = background; repeat for more points")
+    seg.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="a box in the photo as stored on disk")
+    seg.add_argument("--everything", action="store_true", help="segment everything (no prompts)")
+    seg.add_argument("--sam", default=None, help="SAM model name from weights/models.json, or a local .pth")
+    seg.add_argument("--canonicalizer", default=None, help="canonicalizer name, or a local model folder")
+    seg.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    seg.add_argument("--out", required=True, help="folder for the overlays and masks")
+
+    evaluate = commands.add_parser("evaluate", help="measure the canonicalizer")
+    kinds = evaluate.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    orientation = kinds.add_parser("orientation", help="how often the upright orientation of photos is recovered")
+    orientation.add_argument("--images", required=True, help="folder of upright photos")
+    orientation.add_argument("--model", default=None, help="canonicalizer name or local folder")
+    orientation.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    orientation.add_argument("--json", required=True, help="where to write the summary")
+
+    convert = commands.add_parser("convert", help="turn the paper's checkpoint into weights/wrn-c4-paper")
+    convert.add_argument("--source", required=True,
+                         help="equiadapt-0.1.2-py3-none-any.whl or its tutorials/images/utils/equivariant_wrn_c4.pt")
+    convert.add_argument("--out", default=None, help="output folder (default: weights/wrn-c4-paper)")
+
+    publish = commands.add_parser("publish", help="push a canonicalizer folder with its model card to the Hub")
+    publish.add_argument("name", help="canonicalizer name or local folder")
+    publish.add_argument("--repo-id", required=True, help="e.g. your-name/canonicalizer-wrn-c4")
+    publish.add_argument("--private", action="store_true")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------- commands
+
+
+def _writable_folder(path: str) -> Path:
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise CliError(f"cannot write to {folder}: {error.strerror or error}") from None
+    return folder
+
+
+def _segment(args) -> None:
+    from . import geometry
+    from .images import ImageError, load_image
+    from .segmenter import Prompts
+
+    try:
+        k = geometry.k_from_degrees(args.rotate)
+    except ValueError as error:
+        raise CliError(f"--rotate: {error}") from None
+    try:
+        image = load_image(args.image)
+    except ImageError as error:
+        raise CliError(str(error)) from None
+    if args.everything == bool(args.point or args.box):
+        raise CliError("give --point/--box prompts, or --everything, but not both")
+    prompts = Prompts.make([p[:2] for p in args.point], [p[2] for p in args.point], args.box)
+    try:
+        prompts.validate(image.shape[:2])
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    out = _writable_folder(args.out)
+
+    from .canonicalizer import Canonicalizer
+    from .segmenter import EquivariantSegmenter, SamBackend, pick_device
+    from .models import default_sam
+
+    device = pick_device(args.device)
+    segmenter = EquivariantSegmenter(Canonicalizer.load(args.canonicalizer, device=device),
+                                     SamBackend.load(args.sam or default_sam(), device=str(device)))
+    rotated = geometry.rotate_image(image, k)
+    start = time.perf_counter()
+    if args.everything:
+        result = segmenter.segment_everything(rotated)
+    else:
+        result = segmenter.segment(rotated, prompts.rotated(k, image.shape[:2]))
+    total_ms = (time.perf_counter() - start) * 1000
+
+    from PIL import Image
+
+    from .render import overlay
+
+    for name, path_result in (("sam", result.sam), ("canonicalized", result.canonicalized)):
+        Image.fromarray(overlay(rotated, path_result.masks)).save(out / f"{name}_overlay.png")
+        np.savez_compressed(out / f"{name}_masks.npz", masks=path_result.masks, scores=path_result.scores)
+    decision = result.canonicalization
+    probabilities = ", ".join(f"{a}: {p:.3f}" for a, p in zip(geometry.ANGLES_DEG, decision.probabilities))
+    print(f"canonicalizer: k={decision.k} ({decision.angle_deg} deg), probabilities {{{probabilities}}}, "
+          f"{decision.elapsed_ms:.0f} ms")
+    for name, r in (("SAM alone", result.sam), ("SAM + canonicalizer", result.canonicalized)):
+        print(f"{name}: {len(r.masks)} masks, scores {np.round(r.scores, 3).tolist()}, encoder {r.encoder_ms:.0f} ms"
+              f"{' (cached)' if r.cached else ''}, decoder {r.decoder_ms:.0f} ms")
+    print(f"total {total_ms:.0f} ms; wrote {out}")
+
+
+def _evaluate_orientation(args) -> None:
+    from .evaluate import image_files, orientation_accuracy, orientation_table
+
+    try:
+        files = image_files(args.images)
+    except (OSError, ValueError) as error:
+        raise CliError(str(error)) from None
+    json_path = Path(args.json)
+    _writable_folder(str(json_path.parent) if str(json_path.parent) else ".")
+
+    from .canonicalizer import Canonicalizer
+    from .models import default_canonicalizer
+    from .segmenter import pick_device
+
+    name = args.model or default_canonicalizer()
+    canonicalizer = Canonicalizer.load(name, device=pick_device(args.device))
+    summary = orientation_accuracy(canonicalizer, files, name)
+    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(orientation_table(summary))
+
+
+def _convert(args) -> None:
+    from .convert import convert_paper_checkpoint
+    from .models import WEIGHTS_DIR
+
+    if not Path(args.source).is_file():
+        raise CliError(f"no such file: {args.source}")
+    out = args.out or str(WEIGHTS_DIR / "wrn-c4-paper")
+    try:
+        convert_paper_checkpoint(args.source, out)
+    except (ValueError, KeyError, OSError) as error:
+        raise CliError(str(error)) from None
+    print(f"wrote {out}")
+
+
+def _publish(args) -> None:
+    from huggingface_hub import HfApi
+
+    from .models import resolve_canonicalizer_dir
+
+    folder = resolve_canonicalizer_dir(args.name)
+    api = HfApi()
+    try:
+        api.create_repo(args.repo_id, repo_type="model", private=args.private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=args.repo_id, repo_type="model",
+                                   commit_message=f"Upload canonicalizer {args.name}")
+    except Exception as error:  # network, auth and Hub errors come in many types; all end the same way here
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise CliError(f"publishing to {args.repo_id} failed ({reason}); log in with `hf auth login` or set "
+                       f"HF_TOKEN, and check the network") from None
+    print(f"published {folder} to {args.repo_id}: {commit}")
+    print(f"point the app at it with CANON_CANONICALIZER_REPO={args.repo_id}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .models import ModelUnavailableError
+
+    try:
+        args = build_parser().parse_args(argv)
+        {"segment": _segment, "evaluate": _evaluate_orientation, "convert": _convert, "publish": _publish}[
+            args.command](args)
+    except (CliError, ModelUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The action of the rotation group C4 on images, points, boxes and masks.
+
+Conventions used throughout the library:
+
+* Images are ``H x W`` or ``H x W x C`` arrays, row-major (``image[y, x]``).
+* Points are ``N x 2`` float arrays in **x, y order**, in continuous pixel coordinates: pixel ``(col i, row j)``
+  covers ``[i, i + 1) x [j, j + 1)`` and its centre is ``(i + 0.5, j + 0.5)``; the image spans ``[0, W] x [0, H]``.
+  This is the frame segment-anything's predictor uses for prompts.
+* Boxes are ``N x 4`` float arrays ``x0, y0, x1, y1`` in the same frame, ``x0 <= x1`` and ``y0 <= y1``.
+* Masks are ``N x H x W`` arrays (any dtype, usually bool).
+* Rotation ``k`` (an integer, taken modulo 4) turns the picture by ``k * 90`` degrees **counter-clockwise as
+  displayed** (x to the right, y down), which is ``numpy.rot90(image, k)``. Rotating an ``H x W`` image by an odd
+  ``k`` gives a ``W x H`` image.
+
+Every function takes the size of the image *before* the rotation, so that ``inverse(act(v, k, size), k, size)``
+returns ``v``. Images and masks are permuted, never interpolated, so the round trip is exact to the bit; points and
+boxes are mapped by ``x' = y, y' = W - x`` (one step), exact for coordinates on the pixel grid and half-grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+GROUP_ORDER = 4
+ANGLES_DEG = tuple(90 * k for k in range(GROUP_ORDER))
+
+
+def normalise_k(k: int) -> int:
+    """Return ``k`` modulo 4 as a Python int in ``0..3``."""
+    return int(k) % GROUP_ORDER
+
+
+def k_from_degrees(degrees: float) -> int:
+    """Rotation index for an angle that is a multiple of 90 degrees (counter-clockwise); raise otherwise."""
+    steps = float(degrees) / 90.0
+    if not np.isfinite(steps) or steps != round(steps):
+        raise ValueError(f"{degrees} degrees is not a multiple of 90")
+    return normalise_k(int(round(steps)))
+
+
+def rotated_size(size: tuple[int, int], k: int) -> tuple[int, int]:
+    """``(height, width)`` of an image of ``size = (height, width)`` after rotation ``k``."""
+    height, width = size
+    return (width, height) if normalise_k(k) % 2 else (height, width)
+
+
+def rotate_image(image: np.ndarray, k: int) -> np.ndarray:
+    """Rotate an ``H x W [x C]`` image by ``k * 90`` degrees counter-clockwise; exact (a permutation of pixels).
+
+    Returns a contiguous array of the same dtype, ``H x W [x C]`` for even ``k`` and ``W x H [x C]`` for odd ``k``.
+    """
+    return np.ascontiguousarray(np.rot90(image, normalise_k(k), axes=(0, 1)))
+
+
+def unrotate_image(image: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of :func:`rotate_image`: ``unrotate_image(rotate_image(im, k), k)`` equals ``im`` bit for bit."""
+    return rotate_image(image, -normalise_k(k))
+
+
+def rotate_masks(masks: np.ndarray, k: int) -> np.ndarray:
+    """Rotate ``N x H x W`` masks by ``k * 90`` degrees counter-clockwise; exact. Returns ``N x H' x W'``."""
+    return np.ascontiguousarray(np.rot90(masks, normalise_k(k), axes=(1, 2)))
+
+
+def unrotate_masks(masks: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of :func:`rotate_masks`."""
+    return rotate_masks(masks, -normalise_k(k))
+
+
+def rotate_points(points: np.ndarray, k: int, size: tuple[int, int]) -> np.ndarray:
+    """Map ``N x 2`` points (x, y; continuous pixel coordinates) of an image of ``size = (H, W)`` into the frame of
+    that image rotated by ``k * 90`` degrees counter-clockwise. Returns a new float64 ``N x 2`` array."""
+    out = np.array(points, dtype=np.float64).reshape(-1, 2)
+    height, width = size
+    for _ in range(normalise_k(k)):
+        # One counter-clockwise quarter turn of a (height x width) image: x' = y, y' = width - x.
+        out = np.stack([out[:, 1], width - out[:, 0]], axis=1)
+        height, width = width, height
+    return out
+
+
+def unrotate_points(points: np.ndarray, k: int, size: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`rotate_points`; ``size = (H, W)`` is the size *before* the rotation ``k``."""
+    k = normalise_k(k)
+    return rotate_points(points, -k, rotated_size(size, k))
+
+
+def rotate_boxes(boxes: np.ndarray, k: int, size: tuple[int, int]) -> np.ndarray:
+    """Map ``N x 4`` boxes (x0, y0, x1, y1) of an image of ``size = (H, W)`` into the frame rotated by ``k``.
+
+    Both corners are rotated and the result re-ordered so that ``x0 <= x1`` and ``y0 <= y1``. Returns float64 ``N x 4``.
+    """
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    first = rotate_points(boxes[:, :2], k, size)
+    second = rotate_points(boxes[:, 2:], k, size)
+    return np.concatenate([np.minimum(first, second), np.maximum(first, second)], axis=1)
+
+
+def unrotate_boxes(boxes: np.ndarray, k: int, size: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`rotate_boxes`; ``size = (H, W)`` is the size *before* the rotation ``k``."""
+    k = normalise_k(k)
+    return rotate_boxes(boxes, -k, rotated_size(size, k))

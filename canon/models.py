@@ -1,0 +1,453 @@
+"""Model registry (``weights/models.json``) and resolution of a model name to verified files on this machine.
+
+A SAM checkpoint or a canonicalizer folder is looked for, in order:
+
+1. at an explicit local path, used as is (the user chose it, so no checksum);
+2. in ``weights/`` (SAM: ``weights/<file name>``; canonicalizer: ``weights/<local_dir>/``);
+3. in the Hugging Face cache;
+4. on the Hugging Face Hub.
+
+Files found by 2-4 must match the sha256 (and size) the registry pins. Hashing a 2.5 GB checkpoint takes seconds,
+so a successful check leaves a stamp (path, size, mtime, sha256) under ``CANON_CACHE_DIR`` (default
+``~/.cache/canon``) and later runs trust the unchanged file. A cached file that fails its check is deleted from the
+Hugging Face cache, so that no later run trusts it either. Every failure is a :class:`ModelUnavailableError` whose
+message is one sentence naming the model and the fix.
+
+This module only finds files: it never unpickles or loads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+import httpx2
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import (
+    FileMetadataError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+REGISTRY_PATH = WEIGHTS_DIR / "models.json"
+CANONICALIZER_FILES = ("config.json", "model.safetensors")
+# Seconds one Hub request may take. huggingface_hub alone retries an unreachable Hub for 23 s (5 back-offs), and up
+# to a minute per try when packets are dropped; HF_HUB_ETAG_TIMEOUT, when set, wins as it does in huggingface_hub.
+HUB_TIMEOUT_S = 5.0
+ENV_CACHE_DIR = "CANON_CACHE_DIR"
+ENV_CANONICALIZER_REPO = "CANON_CANONICALIZER_REPO"
+ENV_CANONICALIZER_REVISION = "CANON_CANONICALIZER_REVISION"
+
+Registry = Mapping | str | os.PathLike | None
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model's weights cannot be found, fetched or trusted; the message names the model and what to do."""
+
+
+@dataclass(frozen=True)
+class SamSpec:
+    """A SAM checkpoint: the Hub file that holds it and the sha256 (and size, when known) it must have."""
+
+    name: str
+    repo_id: str
+    filename: str
+    revision: str
+    sha256: str | None
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class CanonicalizerSpec:
+    """A canonicalizer folder (``config.json`` + ``model.safetensors``), shipped in ``weights/<local_dir>`` and/or
+    published in a Hub repo; ``files`` maps a file name to its pinned ``{"sha256", "size"}``."""
+
+    name: str
+    local_dir: str | None
+    repo_id: str | None
+    revision: str
+    files: Mapping[str, Mapping] = field(default_factory=dict)
+
+
+# --- registry ------------------------------------------------------------------------------------------------------
+
+
+def load_registry(path: str | os.PathLike | None = None) -> dict:
+    """The parsed registry: ``weights/models.json``, or the file at ``path``."""
+    with open(path or REGISTRY_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _registry(registry: Registry) -> Mapping:
+    return registry if isinstance(registry, Mapping) else load_registry(registry)
+
+
+def sam_names(*, registry: Registry = None) -> list[str]:
+    """Names of the SAM checkpoints in the registry, in its order (smallest first)."""
+    return list(_registry(registry)["sam"])
+
+
+def canonicalizer_names(*, registry: Registry = None) -> list[str]:
+    """Names of the canonicalizers in the registry."""
+    return list(_registry(registry)["canonicalizers"])
+
+
+def default_sam(*, registry: Registry = None) -> str:
+    """Name of the SAM checkpoint used when none is asked for."""
+    return _registry(registry)["default_sam"]
+
+
+def default_canonicalizer(*, registry: Registry = None) -> str:
+    """Name of the canonicalizer used when none is asked for."""
+    return _registry(registry)["default_canonicalizer"]
+
+
+def sam_spec(name: str, *, registry: Registry = None) -> SamSpec:
+    """The registry entry of SAM checkpoint ``name``."""
+    models = _registry(registry)["sam"]
+    if name not in models:
+        raise ModelUnavailableError(
+            f"Unknown SAM model {name!r}: choose one of {', '.join(models)} (weights/models.json)"
+            " or pass the path of a SAM .pth checkpoint."
+        )
+    return SamSpec(name=name, **models[name])
+
+
+def canonicalizer_spec(
+    name: str, *, repo_id: str | None = None, revision: str | None = None, registry: Registry = None
+) -> CanonicalizerSpec:
+    """The registry entry of canonicalizer ``name``, possibly pointed at another Hub source.
+
+    For the default canonicalizer, ``CANON_CANONICALIZER_REPO`` / ``CANON_CANONICALIZER_REVISION`` choose the source;
+    the ``repo_id`` / ``revision`` arguments, when given, replace both. A new repo without a revision means ``main``.
+    Files from another source are not the ones the registry describes, so the returned spec then has no
+    ``local_dir`` and no pinned ``files``: what the user pointed at is used unchecked, as a local path would be.
+    """
+    reg = _registry(registry)
+    models = reg["canonicalizers"]
+    if name not in models:
+        raise ModelUnavailableError(
+            f"Unknown canonicalizer {name!r}: choose one of {', '.join(models)} (weights/models.json)"
+            " or pass a folder holding config.json and model.safetensors."
+        )
+    spec = CanonicalizerSpec(name=name, **models[name])
+    if repo_id is None and revision is None and name == reg["default_canonicalizer"]:
+        repo_id = os.environ.get(ENV_CANONICALIZER_REPO) or None
+        revision = os.environ.get(ENV_CANONICALIZER_REVISION) or None
+    return _redirect(spec, repo_id, revision)
+
+
+def _redirect(spec: CanonicalizerSpec, repo_id: str | None, revision: str | None) -> CanonicalizerSpec:
+    if repo_id is None and revision is None:
+        return spec
+    return replace(
+        spec,
+        local_dir=None,
+        files={},
+        repo_id=repo_id or spec.repo_id,
+        revision=revision or ("main" if repo_id else spec.revision),
+    )
+
+
+# --- resolution ----------------------------------------------------------------------------------------------------
+
+
+def resolve_sam_checkpoint(
+    name_or_path: str | os.PathLike | SamSpec, *, cache_dir: str | os.PathLike | None = None, registry: Registry = None
+) -> Path:
+    """Path of a SAM ``.pth`` checkpoint given a registry name, a spec or a local path (see the module docstring)."""
+    if isinstance(name_or_path, SamSpec):
+        spec = name_or_path
+    else:
+        reg = _registry(registry)
+        path = _as_path(name_or_path, reg["sam"])
+        if path is not None:
+            if path.is_file():
+                return path
+            problem = "is a folder, not a checkpoint file" if path.exists() else "does not exist (no such file)"
+            raise ModelUnavailableError(
+                f"SAM checkpoint {path} {problem}: check the path, or name a registered model"
+                f" ({', '.join(reg['sam'])})."
+            )
+        spec = sam_spec(name_or_path, registry=reg)
+
+    label = f"SAM {spec.name!r}"
+    basename = PurePosixPath(spec.filename).name
+    hint = f"pass --sam PATH to a local {basename} or put it in {WEIGHTS_DIR}/"
+    pin = {"sha256": spec.sha256, "size": spec.size}
+    local = WEIGHTS_DIR / basename
+    if local.is_file():
+        _check_local(label, local, pin, f"--sam {local}")
+        return local
+    (path,) = _resolve_remote(label, hint, spec.repo_id, spec.revision, {spec.filename: pin}, cache_dir)
+    return path
+
+
+def resolve_canonicalizer_dir(
+    name_or_path: str | os.PathLike | CanonicalizerSpec,
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    registry: Registry = None,
+) -> Path:
+    """Folder holding a canonicalizer's ``config.json`` and ``model.safetensors``, given a registry name, a spec or
+    a local folder; ``repo_id`` / ``revision`` fetch it from another Hub source (see :func:`canonicalizer_spec`)."""
+    if isinstance(name_or_path, CanonicalizerSpec):
+        spec = _redirect(name_or_path, repo_id, revision)
+    else:
+        reg = _registry(registry)
+        path = _as_path(name_or_path, reg["canonicalizers"])
+        if path is not None:
+            if not path.is_dir():
+                problem = "is a file, not a folder" if path.exists() else "does not exist (no such folder)"
+                raise ModelUnavailableError(
+                    f"Canonicalizer folder {path} {problem}: pass a folder holding config.json and"
+                    f" model.safetensors, or name a registered canonicalizer ({', '.join(reg['canonicalizers'])})."
+                )
+            missing = [name for name in CANONICALIZER_FILES if not (path / name).is_file()]
+            if missing:
+                raise ModelUnavailableError(
+                    f"Canonicalizer folder {path} lacks {' and '.join(missing)}: pass a folder holding"
+                    " config.json and model.safetensors."
+                )
+            return path
+        spec = canonicalizer_spec(name_or_path, repo_id=repo_id, revision=revision, registry=reg)
+
+    label = f"Canonicalizer {spec.name!r}"
+    hint = "pass --canonicalizer DIR to a local folder holding config.json and model.safetensors"
+    if spec.local_dir:
+        local = WEIGHTS_DIR / spec.local_dir
+        hint += f" or put them in {local}/"
+        if all((local / name).is_file() for name in CANONICALIZER_FILES):
+            for name, pin in spec.files.items():
+                _check_local(label, local / name, pin, f"--canonicalizer {local}")
+            return local
+    if spec.repo_id is None:
+        raise ModelUnavailableError(
+            f"{label} is not on this machine and weights/models.json names no Hub repo for it: {hint},"
+            f" or set {ENV_CANONICALIZER_REPO} to a Hub repo that holds them."
+        )
+    pins = {name: spec.files.get(name, {}) for name in CANONICALIZER_FILES}
+    paths = _resolve_remote(label, hint, spec.repo_id, spec.revision, pins, cache_dir)
+    return paths[0].parent
+
+
+def _as_path(name_or_path: str | os.PathLike, names: Mapping) -> Path | None:
+    """The local path ``name_or_path`` means, or None when it is meant as a model name (known or not)."""
+    if isinstance(name_or_path, os.PathLike):
+        return Path(name_or_path).expanduser()
+    if name_or_path in names:
+        return None
+    path = Path(name_or_path).expanduser()
+    looks_like_path = (
+        "/" in name_or_path
+        or os.sep in name_or_path
+        or name_or_path.startswith(("~", "."))
+        or PurePosixPath(name_or_path).suffix != ""
+    )
+    return path if looks_like_path or path.exists() else None
+
+
+def _resolve_remote(
+    label: str, hint: str, repo_id: str, revision: str, pins: Mapping[str, Mapping], cache_dir
+) -> list[Path]:
+    """Steps 3 and 4 for the files of one repo: all from the Hugging Face cache, else from the Hub; all verified."""
+    cached = [try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision) for name in pins]
+    if all(isinstance(hit, str) for hit in cached):
+        paths = [Path(hit) for hit in cached]
+        for path, pin in zip(paths, pins.values()):
+            _check_cached(label, hint, path, pin, "in the Hugging Face cache")
+        return paths
+    if _offline():
+        raise ModelUnavailableError(
+            f"{label} is not on this machine and HF_HUB_OFFLINE is set: {hint},"
+            " or unset HF_HUB_OFFLINE on a machine with network access."
+        )
+    paths = []
+    for name, pin in pins.items():
+        path = _download(label, hint, repo_id, name, revision, pin.get("sha256"), cache_dir)
+        _check_cached(label, hint, path, pin, f"downloaded from {repo_id}")
+        paths.append(path)
+    return paths
+
+
+def _offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: reading it again honours a value set since.
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return hf_constants.is_offline_mode() or flag in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_timeout() -> float:
+    if hf_constants.HF_HUB_ETAG_TIMEOUT != hf_constants.DEFAULT_ETAG_TIMEOUT:
+        return float(hf_constants.HF_HUB_ETAG_TIMEOUT)
+    return HUB_TIMEOUT_S
+
+
+def _download(label: str, hint: str, repo_id: str, filename: str, revision: str, sha256: str | None, cache_dir) -> Path:
+    """Fetch one file into the Hugging Face cache, failing within the Hub timeout when the Hub cannot serve it."""
+    timeout = _hub_timeout()
+    try:
+        # One HEAD without retries first: hf_hub_download retries a failed HEAD for 23 s or more before giving up.
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), timeout=timeout)
+        etag = (meta.etag or "").lower()
+        # An LFS file's ETag is its sha256: a Hub file that moved on is refused before gigabytes are fetched.
+        if sha256 and len(etag) == 64 and etag != sha256.lower():
+            raise ModelUnavailableError(
+                f"{label} cannot be used because {filename} at revision {revision!r} of {repo_id} has sha256"
+                f" {etag[:12]}…, not the {sha256[:12]}… pinned in weights/models.json: pin the revision that"
+                f" matches in weights/models.json, or {hint}."
+            )
+        return Path(
+            hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, etag_timeout=timeout)
+        )
+    except (httpx2.HTTPError, OSError) as exc:
+        raise _hub_error(exc, label, hint, repo_id, filename, revision, cache_dir, timeout) from exc
+
+
+def _hub_error(
+    exc: Exception, label: str, hint: str, repo_id: str, filename: str, revision: str, cache_dir, timeout: float
+) -> ModelUnavailableError:
+    """One sentence saying why the Hub could not deliver the file, and what to do about it."""
+    hub = hf_constants.ENDPOINT
+    if isinstance(exc, RevisionNotFoundError):
+        why = f"the Hub repo {repo_id} has no revision {revision!r}: fix the revision in weights/models.json"
+    elif isinstance(exc, RemoteEntryNotFoundError):
+        why = f"the Hub repo {repo_id} has no file {filename} at revision {revision!r}: fix weights/models.json"
+    elif isinstance(exc, RepositoryNotFoundError):
+        why = (
+            f"the Hub has no repo {repo_id} (or it is private or gated): fix weights/models.json,"
+            " log in with `hf auth login`"
+        )
+    elif isinstance(exc, HfHubHTTPError):
+        status = getattr(exc.response, "status_code", None)
+        if status is not None and status >= 500:
+            why = f"the Hub at {hub} answered HTTP {status} (a failure on its side): try again later"
+        else:
+            why = f"the Hub at {hub} answered HTTP {status}: check your access to {repo_id} (`hf auth login`)"
+    elif isinstance(exc, OfflineModeIsEnabled):
+        why = "HF_HUB_OFFLINE is set: unset it on a machine with network access"
+    elif isinstance(exc, httpx2.TimeoutException):
+        why = f"the Hub at {hub} did not answer within {timeout:g} s: check the network or raise HF_HUB_ETAG_TIMEOUT"
+    elif isinstance(exc, (httpx2.HTTPError, LocalEntryNotFoundError)):
+        reason = _first_line(exc.__cause__ or exc)
+        why = f"the Hub at {hub} cannot be reached ({reason}): check the network, proxy and HF_ENDPOINT"
+    elif isinstance(exc, FileMetadataError):
+        why = f"{hub} does not answer like the Hugging Face Hub (no commit or ETag header): check HF_ENDPOINT"
+    elif exc.errno is not None:
+        cache = cache_dir or hf_constants.HF_HUB_CACHE
+        why = (
+            f"it cannot be saved in the Hugging Face cache {cache} ({exc.strerror}):"
+            " set HF_HUB_CACHE to a writable folder with enough space"
+        )
+    else:
+        why = f"the download broke off ({_first_line(exc)}): run again"
+    return ModelUnavailableError(f"{label} cannot be downloaded because {why}, or {hint}.")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# --- verification --------------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_local(label: str, path: Path, pin: Mapping, flag: str) -> None:
+    """Verify a file in weights/; a mismatch is the user's file, so it is reported, never deleted."""
+    reason = _mismatch(path, pin.get("sha256"), pin.get("size"))
+    if reason is not None:
+        raise ModelUnavailableError(
+            f"{label} cannot be used because {path} does not match weights/models.json ({reason}):"
+            f" replace or delete it, or pass {flag} to use it unchecked."
+        )
+
+
+def _check_cached(label: str, hint: str, path: Path, pin: Mapping, origin: str) -> None:
+    """Verify a file in the Hugging Face cache and delete it when it fails, so that no later run trusts it."""
+    reason = _mismatch(path, pin.get("sha256"), pin.get("size"))
+    if reason is None:
+        return
+    if _evict(path):
+        raise ModelUnavailableError(
+            f"{label} {origin} was corrupt ({reason}) and has been removed from the cache:"
+            f" run again to download it afresh, or {hint}."
+        )
+    raise ModelUnavailableError(
+        f"{label} {origin} is corrupt ({reason}) and could not be removed: delete {os.path.realpath(path)}"
+        f" and {path}, then run again, or {hint}."
+    )
+
+
+def _evict(path: Path) -> bool:
+    """Delete a cached file: the snapshot entry and the blob it links to."""
+    blob = os.path.realpath(path)
+    try:
+        os.unlink(path)
+        if os.path.lexists(blob):
+            os.unlink(blob)
+    except OSError:
+        return False
+    return True
+
+
+def _mismatch(path: Path, sha256: str | None, size: int | None) -> str | None:
+    """Why ``path`` is not the pinned file, or None when it is; hashes only when no stamp vouches for the file."""
+    real = Path(os.path.realpath(path))
+    try:
+        stat = real.stat()
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    if size is not None and stat.st_size != size:
+        return f"{path.name} has {stat.st_size} bytes, expected {size}"
+    if not sha256:
+        return None
+    stamp = {"path": str(real), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256.lower()}
+    stamp_path = _stamp_path(real)
+    try:
+        if json.loads(stamp_path.read_text(encoding="utf-8")) == stamp:
+            return None
+    except (OSError, ValueError):
+        pass  # no stamp, or an unreadable one: hash
+    actual = sha256_file(real)
+    if actual != stamp["sha256"]:
+        return f"{path.name} has sha256 {actual[:12]}…, expected {sha256[:12]}…"
+    _write_stamp(stamp_path, stamp)
+    return None
+
+
+def _stamp_path(real: Path) -> Path:
+    cache = Path(os.environ.get(ENV_CACHE_DIR) or "~/.cache/canon").expanduser()
+    return cache / "checksums" / f"{hashlib.sha256(str(real).encode()).hexdigest()[:32]}.json"
+
+
+def _write_stamp(stamp_path: Path, stamp: dict) -> None:
+    """Record a successful check; a stamp that cannot be written only costs a re-hash next time."""
+    try:
+        stamp_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stamp), encoding="utf-8")
+        os.replace(tmp, stamp_path)  # atomic: a concurrent run reads the old stamp or the new one, never half
+    except OSError as exc:
+        log.warning("cannot write checksum stamp %s (%s): %s will be hashed again", stamp_path, exc, stamp["path"])

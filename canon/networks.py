@@ -1,0 +1,361 @@
+"""C4-equivariant canonicalization networks: the escnn wide-ResNet of the paper and its plain-torch serving form.
+
+The architecture is the equivariant wide-ResNet of Mondal et al. (NeurIPS 2023), as configured for SAM in equiadapt
+0.1.2 (``ESCNNWRNEquivariantNetwork`` with kernel 5, 64 output channels, 12 layers, 4 rotations): a lifting
+convolution from the 3 RGB channels to regular fields of C4, residual blocks, no stride and no pooling, and a final
+convolution whose output fields are averaged over space and fields to give one activation per rotation.
+
+Two implementations share one layer plan (:func:`layer_plan`):
+
+* :class:`EscnnWRN` builds the network with escnn. Its state dict has the paper's layout, so the published
+  ``equivariant_wrn_c4.pt`` loads into it strictly. It is what training uses.
+* :class:`ServingWRN` holds the same free parameters (escnn's steerable-basis coefficients, biases and batch-norm
+  statistics) plus the four sampled bases, and expands them into ordinary convolution filters with one ``einsum`` each.
+  It imports nothing from escnn and builds no basis at start-up; batch norm is folded into the convolutions. Its state
+  dict is what ``weights/*/model.safetensors`` stores (:class:`huggingface_hub.PyTorchModelHubMixin` layout).
+
+Both return group activations of shape ``B x 4`` for an input ``B x 3 x S x S`` (floats in [0, 1]). Rotating the
+input by ``k`` quarter turns counter-clockwise rolls the activations by ``k``: ``act(rot90(x, k)) = roll(act(x), k)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BATCH_NORM_EPS = 1e-5  # escnn's InnerBatchNorm default, as in the paper's training
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One equivariant convolution: its key prefix in the paper's state dict, fields in and out, kernel, padding."""
+
+    key: str
+    in_fields: int  # 0 means the 3 trivial (RGB) input channels
+    out_fields: int
+    kernel_size: int
+    padding: int
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A residual block: ``bottleneck`` (1x1, kxk padded, 1x1; identity shortcut) or ``basic`` (kxk, kxk; a
+    (2k-1)x(2k-1) convolution as shortcut). ``norms`` are the batch norms between its convolutions, ``out_norm`` the
+    one after the residual sum (followed by a ReLU)."""
+
+    kind: str
+    convs: tuple[ConvSpec, ...]
+    norms: tuple[str, ...]
+    shortcut: ConvSpec | None
+    out_norm: str
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    stem: ConvSpec
+    stem_norm: str
+    blocks: tuple[BlockSpec, ...]
+    head: ConvSpec
+
+
+def layer_plan(kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12) -> LayerPlan:
+    """The wide-ResNet's layers, named by their keys in the paper's escnn state dict (``eqv_network.N...``).
+
+    Widths follow equiadapt's ``ESCNNWRNEquivariantNetwork`` (widen factor 2): regular fields
+    ``[c/4, c/2, c, 2c]`` for ``c = out_channels``, ``num_layers // 3`` blocks per stage.
+    """
+    if num_layers % 3 or num_layers < 3:
+        raise ValueError(f"num_layers must be a positive multiple of 3, got {num_layers}")
+    widths = [out_channels // 4, out_channels // 2, out_channels, out_channels * 2]
+    per_stage = num_layers // 3
+    stage_fields = [widths[0]] * per_stage + [widths[1]] * per_stage + [widths[2]] * per_stage
+    k = kernel_size
+    stem = ConvSpec("eqv_network.0", 0, widths[0], k, 0)
+    blocks = []
+    index = 3  # 0: stem conv, 1: its batch norm, 2: its ReLU
+    for i in range(num_layers - 1):
+        fin, fout = stage_fields[i], stage_fields[i + 1]
+        prefix = f"eqv_network.{index}"
+        if i % per_stage == per_stage - 1:
+            block = BlockSpec(
+                kind="basic",
+                convs=(ConvSpec(f"{prefix}.conv_network.0", fin, fout, k, 0),
+                       ConvSpec(f"{prefix}.conv_network.3", fout, fout, k, 0)),
+                norms=(f"{prefix}.conv_network.1",),
+                shortcut=ConvSpec(f"{prefix}.shortcut.0", fin, fout, 2 * k - 1, 0),
+                out_norm=f"eqv_network.{index + 1}",
+            )
+        else:
+            block = BlockSpec(
+                kind="bottleneck",
+                convs=(ConvSpec(f"{prefix}.conv_network.0", fin, fout, 1, 0),
+                       ConvSpec(f"{prefix}.conv_network.3", fout, fout, k, k // 2),
+                       ConvSpec(f"{prefix}.conv_network.6", fout, fin, 1, 0)),
+                norms=(f"{prefix}.conv_network.1", f"{prefix}.conv_network.4"),
+                shortcut=None,
+                out_norm=f"eqv_network.{index + 1}",
+            )
+        blocks.append(block)
+        index += 3  # block, batch norm, ReLU
+    head = ConvSpec(f"eqv_network.{index}", widths[2], widths[3], k, 0)
+    return LayerPlan(stem, f"eqv_network.1", tuple(blocks), head)
+
+
+def all_convs(plan: LayerPlan) -> list[ConvSpec]:
+    convs = [plan.stem]
+    for block in plan.blocks:
+        convs.extend(block.convs)
+        if block.shortcut is not None:
+            convs.append(block.shortcut)
+    convs.append(plan.head)
+    return convs
+
+
+def all_norms(plan: LayerPlan) -> list[str]:
+    norms = [plan.stem_norm]
+    for block in plan.blocks:
+        norms.extend(block.norms)
+        norms.append(block.out_norm)
+    return norms
+
+
+def basis_name(spec: ConvSpec) -> str:
+    """Name of the sampled basis a convolution uses; convolutions between the same representations share it."""
+    source = "trivial" if spec.in_fields == 0 else "regular"
+    return f"{source}_regular_{spec.kernel_size}"
+
+
+def group_pool(features: torch.Tensor, group_order: int) -> torch.Tensor:
+    """Mean of ``B x (F * n) x H x W`` regular-field features over space and fields: ``B x n`` group activations."""
+    b, c, h, w = features.shape
+    return features.reshape(b, c // group_order, group_order, h, w).mean(dim=(1, 3, 4))
+
+
+# ----------------------------------------------------------------------------------------------- escnn network
+
+
+class EscnnWRN(nn.Module):
+    """The paper's C4 wide-ResNet built with escnn; its state dict loads ``equivariant_wrn_c4.pt`` strictly.
+
+    ``forward(x)`` takes ``B x 3 x S x S`` floats and returns ``B x 4`` group activations.
+    """
+
+    def __init__(self, kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12, group_order: int = 4,
+                 initialize: bool = True):
+        super().__init__()
+        from escnn import gspaces
+        from escnn import nn as enn
+
+        self.group_order = group_order
+        self.plan = layer_plan(kernel_size, out_channels, num_layers)
+        gspace = gspaces.rot2dOnR2(N=group_order)
+        rgb = enn.FieldType(gspace, [gspace.trivial_repr] * 3)
+
+        def field_type(fields: int):
+            return rgb if fields == 0 else enn.FieldType(gspace, [gspace.regular_repr] * fields)
+
+        def conv(spec: ConvSpec):
+            return enn.R2Conv(field_type(spec.in_fields), field_type(spec.out_fields), spec.kernel_size,
+                              padding=spec.padding, initialize=initialize)
+
+        def norm_relu(fields: int):
+            return [enn.InnerBatchNorm(field_type(fields), momentum=0.9),
+                    enn.ReLU(field_type(fields), inplace=True)]
+
+        modules = [conv(self.plan.stem), *norm_relu(self.plan.stem.out_fields)]
+        for block in self.plan.blocks:
+            modules.append(_escnn_block_class()(block, conv, norm_relu))
+            modules.extend(norm_relu(block.convs[0].out_fields))
+        modules.append(conv(self.plan.head))
+        self.in_type = rgb
+        self.eqv_network = enn.SequentialModule(*modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from escnn import nn as enn
+
+        out = self.eqv_network(enn.GeometricTensor(x, self.in_type)).tensor
+        return group_pool(out, self.group_order)
+
+
+@functools.lru_cache(maxsize=None)
+def _escnn_block_class():
+    """The residual block of :class:`EscnnWRN`, defined on first use so that importing this module needs no escnn."""
+    from escnn import nn as enn
+
+    class EscnnBlock(enn.EquivariantModule):
+        """A residual block; attribute names follow the paper's state dict."""
+
+        def __init__(self, spec: BlockSpec, conv, norm_relu):
+            super().__init__()
+            layers = []
+            for i, conv_spec in enumerate(spec.convs):
+                layers.append(conv(conv_spec))
+                if i < len(spec.norms):
+                    layers.extend(norm_relu(conv_spec.out_fields))
+            self.conv_network = enn.SequentialModule(*layers)
+            self.shortcut = enn.SequentialModule(conv(spec.shortcut)) if spec.shortcut is not None else None
+            self.in_type = self.conv_network.in_type
+            self.out_type = self.conv_network.out_type
+
+        def forward(self, x):
+            out = self.conv_network(x)
+            return out + (self.shortcut(x) if self.shortcut is not None else x)
+
+        def evaluate_output_shape(self, input_shape):
+            return self.conv_network.evaluate_output_shape(input_shape)
+
+    return EscnnBlock
+
+
+# ---------------------------------------------------------------------------------------------- serving network
+
+
+def _norm_keys(prefix: str, group_order: int) -> dict[str, str]:
+    """Paper state-dict keys of an escnn ``InnerBatchNorm`` over regular fields of C_n."""
+    inner = f"{prefix}.batch_norm_[{group_order}]"
+    return {name: f"{inner}.{name}" for name in ("weight", "bias", "running_mean", "running_var")}
+
+
+def _safe(key: str) -> str:
+    return key.replace(".", "_")
+
+
+class ServingWRN(nn.Module):
+    """Plain-torch inference form of :class:`EscnnWRN` (same free parameters, same outputs within float rounding).
+
+    The state dict holds, for every convolution of :func:`layer_plan`, escnn's basis coefficients (``*_weights``,
+    one row per (out field, in field) pair) and per-field bias; for every batch norm its per-field statistics; and the
+    sampled bases (``basis_*``, shape ``dim x n x n_in x k*k``). :meth:`prepare` expands them into dense filters and
+    folds the batch norms; it runs once, on the first forward in eval mode. :class:`canon.canonicalizer.Canonicalizer`
+    wraps it with the preprocessing and the Hub's ``from_pretrained`` layout.
+
+    ``forward(x)``: ``B x 3 x S x S`` float tensor in [0, 1] -> ``B x group_order`` group activations (float32).
+    """
+
+    def __init__(self, kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12, group_order: int = 4):
+        super().__init__()
+        self.group_order = group_order
+        self.plan = layer_plan(kernel_size, out_channels, num_layers)
+        n = group_order
+        for spec in all_convs(self.plan):
+            self.register_buffer(f"{_safe(spec.key)}_weights", torch.zeros(0))  # sized on load
+            self.register_buffer(f"{_safe(spec.key)}_bias", torch.zeros(spec.out_fields))
+            name = f"basis_{basis_name(spec)}"
+            if not hasattr(self, name):
+                in_block = 1 if spec.in_fields == 0 else n
+                self.register_buffer(name, torch.zeros(0, n, in_block, spec.kernel_size ** 2))
+        for prefix in all_norms(self.plan):
+            fields = self._norm_fields(prefix)
+            for stat in ("weight", "bias", "running_mean", "running_var"):
+                self.register_buffer(f"{_safe(prefix)}_{stat}", torch.zeros(fields))
+        self._dense: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _norm_fields(self, prefix: str) -> int:
+        if prefix == self.plan.stem_norm:
+            return self.plan.stem.out_fields
+        for block in self.plan.blocks:
+            for conv_spec, norm in zip(block.convs, block.norms):
+                if norm == prefix:
+                    return conv_spec.out_fields
+            if block.out_norm == prefix:
+                return block.convs[0].out_fields
+        raise KeyError(prefix)
+
+    # Buffers whose size depends on the checkpoint are re-sized before loading.
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name, buffer in self._buffers.items():
+            key = prefix + name
+            if key in state_dict and buffer is not None and buffer.shape != state_dict[key].shape:
+                self._buffers[name] = torch.empty_like(state_dict[key])
+        self._dense = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    # ------------------------------------------------------------------ conversion from the escnn layout
+
+    @classmethod
+    def from_escnn_state(cls, state: dict[str, torch.Tensor], **config) -> "ServingWRN":
+        """Build from a state dict in the paper's escnn layout (``EscnnWRN.state_dict()`` or the published file)."""
+        model = cls(**config)
+        model.load_state_dict(model.state_from_escnn(state), strict=True)
+        return model.eval()
+
+    def state_from_escnn(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for spec in all_convs(self.plan):
+            out[f"{_safe(spec.key)}_weights"] = state[f"{spec.key}.weights"]
+            out[f"{_safe(spec.key)}_bias"] = state[f"{spec.key}.bias"]
+            source = "irrep_0" if spec.in_fields == 0 else "regular"
+            out[f"basis_{basis_name(spec)}"] = state[
+                f"{spec.key}._basisexpansion.block_expansion_('{source}', 'regular').sampled_basis"]
+        for prefix in all_norms(self.plan):
+            for stat, key in _norm_keys(prefix, self.group_order).items():
+                out[f"{_safe(prefix)}_{stat}"] = state[key]
+        return {k: v.detach().clone().float() for k, v in out.items()}
+
+    # ------------------------------------------------------------------ dense filters
+
+    def _dense_conv(self, spec: ConvSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        basis = getattr(self, f"basis_{basis_name(spec)}")  # dim x n x n_in x k*k
+        dim, n, n_in, _ = basis.shape
+        in_fields = 3 if spec.in_fields == 0 else spec.in_fields
+        coefficients = getattr(self, f"{_safe(spec.key)}_weights").reshape(spec.out_fields, in_fields, dim)
+        # filter[a*n + x, b*n_in + y] = sum_d w[a, b, d] * basis[d, x, y]  (escnn's block expansion)
+        weight = torch.einsum("abd,dxyp->axbyp", coefficients, basis)
+        weight = weight.reshape(spec.out_fields * n, in_fields * n_in, spec.kernel_size, spec.kernel_size)
+        bias = getattr(self, f"{_safe(spec.key)}_bias").repeat_interleave(n)
+        return weight, bias
+
+    def _affine(self, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``scale, shift`` of a batch norm in eval mode."""
+        get = lambda stat: getattr(self, f"{_safe(prefix)}_{stat}").repeat_interleave(self.group_order)
+        scale = get("weight") / torch.sqrt(get("running_var") + BATCH_NORM_EPS)
+        return scale, get("bias") - get("running_mean") * scale
+
+    def _folded(self, spec: ConvSpec, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, bias = self._dense_conv(spec)
+        scale, shift = self._affine(norm)
+        return weight * scale[:, None, None, None], bias * scale + shift
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """Expand the bases into dense filters and fold the batch norms (idempotent until the next load)."""
+        dense = {"stem": self._folded(self.plan.stem, self.plan.stem_norm), "head": self._dense_conv(self.plan.head)}
+        for i, block in enumerate(self.plan.blocks):
+            for j, spec in enumerate(block.convs):
+                norm = block.norms[j] if j < len(block.norms) else None
+                dense[f"{i}.{j}"] = self._folded(spec, norm) if norm else self._dense_conv(spec)
+            if block.shortcut is not None:
+                dense[f"{i}.shortcut"] = self._dense_conv(block.shortcut)
+            dense[f"{i}.out"] = self._affine(block.out_norm)
+        self._dense = dense
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._dense is None or self.training:
+            self.prepare()
+        d = self._dense
+
+        def conv(h, key, spec):
+            weight, bias = d[key]
+            return F.conv2d(h, weight, bias, padding=spec.padding)
+
+        h = F.relu(conv(x, "stem", self.plan.stem))
+        for i, block in enumerate(self.plan.blocks):
+            out = h
+            for j, spec in enumerate(block.convs):
+                out = conv(out, f"{i}.{j}", spec)
+                if j < len(block.norms):
+                    out = F.relu(out)
+            out = out + (conv(h, f"{i}.shortcut", block.shortcut) if block.shortcut is not None else h)
+            scale, shift = d[f"{i}.out"]
+            h = F.relu(out * scale[None, :, None, None] + shift[None, :, None, None])
+        return group_pool(conv(h, "head", self.plan.head), self.group_order)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._dense = None  # dense filters are re-made after a change of device or dtype
+        return super()._apply(fn, *args, **kwargs)

@@ -1,0 +1,348 @@
+"""Segment Anything behind the canonicalizer: SAM loading, a cached predictor, and the equivariant wrapper.
+
+Frames: images are ``H x W x 3`` uint8 RGB; points ``N x 2`` (x, y) and boxes ``x0, y0, x1, y1`` in continuous pixel
+coordinates of the image they are given with (pixel centres at ``i + 0.5``; see :mod:`canon.geometry`); masks are
+``N x H x W`` bool in the frame of the input image.
+
+:class:`EquivariantSegmenter` runs every request twice: SAM alone on the image as given, and SAM on the canonical
+image (prompts mapped by ``R_{-k}``, masks mapped back by ``R_{+k}``). The second path is exactly equivariant: SAM
+sees the identical canonical image whatever the input's rotation, so its masks rotate with the input bit for bit.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from . import geometry
+from .canonicalizer import Canonicalization, Canonicalizer, image_digest
+from .models import ModelUnavailableError
+
+MAX_POINTS = 64  # more clicks than anyone makes by hand; bounds the decoder's work per request
+
+
+# ------------------------------------------------------------------------------------------------ SAM loading
+
+
+@dataclass(frozen=True)
+class SamArchitecture:
+    """Image-encoder hyper-parameters of a SAM checkpoint (the prompt encoder and mask decoder are fixed)."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+
+
+# From segment-anything's build_sam.py.
+SAM_ARCHITECTURES = {
+    "vit_b": SamArchitecture(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamArchitecture(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamArchitecture(1280, 32, 16, (7, 15, 23, 31)),
+}
+SAM_IMAGE_SIZE, SAM_PATCH_SIZE, SAM_WINDOW_SIZE, SAM_PROMPT_DIM = 1024, 16, 14, 256
+
+
+def build_sam(arch: SamArchitecture) -> Sam:
+    """A SAM model with the given image encoder and SAM's prompt encoder and mask decoder, random weights, eval mode."""
+    grid = SAM_IMAGE_SIZE // SAM_PATCH_SIZE
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.depth, embed_dim=arch.embed_dim, img_size=SAM_IMAGE_SIZE, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=arch.num_heads, patch_size=SAM_PATCH_SIZE,
+            qkv_bias=True, use_rel_pos=True, global_attn_indexes=arch.global_attn_indexes,
+            window_size=SAM_WINDOW_SIZE, out_chans=SAM_PROMPT_DIM),
+        prompt_encoder=PromptEncoder(
+            embed_dim=SAM_PROMPT_DIM, image_embedding_size=(grid, grid),
+            input_image_size=(SAM_IMAGE_SIZE, SAM_IMAGE_SIZE), mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=SAM_PROMPT_DIM, mlp_dim=2048, num_heads=8),
+            transformer_dim=SAM_PROMPT_DIM, iou_head_depth=3, iou_head_hidden_dim=256),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    return sam.eval()
+
+
+def infer_architecture(state_dict: dict[str, torch.Tensor]) -> SamArchitecture:
+    """Read the image-encoder hyper-parameters off a SAM state dict (works for stand-ins of any size).
+
+    Width from the patch embedding, depth from the block count, head size from the relative position tables (whose
+    length tells windowed blocks, ``2 * 14 - 1``, from global ones, ``2 * 64 - 1``).
+    """
+    try:
+        embed_dim = state_dict["image_encoder.patch_embed.proj.weight"].shape[0]
+        depth = 1 + max(int(k.split(".")[2]) for k in state_dict if k.startswith("image_encoder.blocks."))
+        rel_pos = [state_dict[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in range(depth)]
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"not a SAM checkpoint (missing {error})") from None
+    head_dim = rel_pos[0].shape[1]
+    global_blocks = tuple(i for i, table in enumerate(rel_pos) if table.shape[0] != 2 * SAM_WINDOW_SIZE - 1)
+    return SamArchitecture(embed_dim, depth, embed_dim // head_dim, global_blocks)
+
+
+def load_sam(path: str | Path) -> Sam:
+    """Load a SAM checkpoint (``.pth`` state dict) without unpickling arbitrary objects; raise
+    :class:`ModelUnavailableError` with one sentence if it is not a SAM checkpoint."""
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        sam = build_sam(infer_architecture(state_dict))
+        sam.load_state_dict(state_dict, strict=True)
+    except pickle.UnpicklingError:
+        raise ModelUnavailableError(
+            f"{Path(path).name} holds Python objects besides tensors, which are never unpickled here: pass a "
+            f"segment-anything sam_vit_*.pth state dict with --sam.") from None
+    except (RuntimeError, ValueError, OSError, EOFError, AttributeError, KeyError, TypeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelUnavailableError(
+            f"{Path(path).name} is not a usable SAM checkpoint ({first_line[:160]}): pass a segment-anything "
+            f"sam_vit_*.pth file with --sam.") from None
+    return sam
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu`` / ``cuda`` as asked (``cuda`` without a GPU is an error)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+# --------------------------------------------------------------------------------------------- prompts, results
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """SAM prompts in one image's frame: ``points`` ``N x 2`` float (x, y), ``labels`` ``N`` int (1 = foreground,
+    0 = background), ``box`` ``4`` float (x0, y0, x1, y1) or None."""
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    box: np.ndarray | None = None
+
+    @classmethod
+    def make(cls, points=(), labels=None, box=None) -> "Prompts":
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        labels = np.ones(len(points), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        return cls(points, labels.reshape(-1), None if box is None else np.asarray(box, dtype=np.float64).reshape(4))
+
+    @property
+    def empty(self) -> bool:
+        return len(self.points) == 0 and self.box is None
+
+    def validate(self, size: tuple[int, int]) -> None:
+        """Raise ``ValueError`` (one sentence) unless every prompt is a finite coordinate inside an image of
+        ``size = (H, W)``, labels are 0/1, there are at most :data:`MAX_POINTS` points and the box has an area."""
+        height, width = size
+        if len(self.points) != len(self.labels):
+            raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels")
+        if len(self.points) > MAX_POINTS:
+            raise ValueError(f"{len(self.points)} points is too many; at most {MAX_POINTS} are accepted")
+        if not set(np.unique(self.labels).tolist()) <= {0, 1}:
+            raise ValueError("point labels must be 1 (foreground) or 0 (background)")
+        coords = [self.points] + ([self.box.reshape(2, 2)] if self.box is not None else [])
+        for xy in coords:
+            if not np.all(np.isfinite(xy)):
+                raise ValueError("prompt coordinates must be finite numbers")
+            if np.any(xy[:, 0] < 0) or np.any(xy[:, 0] > width) or np.any(xy[:, 1] < 0) or np.any(xy[:, 1] > height):
+                raise ValueError(f"a prompt lies outside the {width}x{height} image")
+        if self.box is not None and (self.box[2] <= self.box[0] or self.box[3] <= self.box[1]):
+            raise ValueError("the box must have x0 < x1 and y0 < y1 (a zero-area box selects nothing)")
+
+    def rotated(self, k: int, size: tuple[int, int]) -> "Prompts":
+        """The same prompts in the frame of the image of ``size = (H, W)`` rotated by ``k`` quarter turns."""
+        box = None if self.box is None else geometry.rotate_boxes(self.box, k, size)[0]
+        return replace(self, points=geometry.rotate_points(self.points, k, size), box=box)
+
+
+@dataclass
+class PathResult:
+    """One path's answer: ``masks`` ``N x H x W`` bool in the input frame, ``scores`` ``N`` float (SAM's predicted
+    IoU), and where the time went. ``cached`` is True when the image embedding came from the cache."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+    encoder_ms: float
+    decoder_ms: float
+    cached: bool
+
+
+@dataclass
+class DualResult:
+    """Both answers for one input: SAM alone and SAM behind the canonicalizer, with the canonicalizer's decision."""
+
+    sam: PathResult
+    canonicalized: PathResult
+    canonicalization: Canonicalization
+
+
+@dataclass
+class SweepEntry:
+    """One rotation of a sweep: the input turned by ``k`` quarter turns, both results mapped back to the upright
+    frame, and each path's best-mask IoU against its own result on the upright input."""
+
+    k: int
+    result: DualResult
+    sam_iou: float
+    canonicalized_iou: float
+
+
+# ------------------------------------------------------------------------------------------------- SAM backend
+
+
+class _CachingPredictor(SamPredictor):
+    """A SamPredictor whose ``set_image`` looks the embedding up in a bounded LRU cache first.
+
+    The key is the image's content (shape and bytes) and the model name, so the same picture shown twice, or the
+    canonical image of any rotation of a photo, is encoded once. Each entry holds SAM's ``1 x 256 x 64 x 64`` float
+    embedding (4 MiB in float32) and the two sizes SAM's post-processing needs.
+    """
+
+    def __init__(self, model: Sam, name: str, cache_size: int):
+        super().__init__(model)
+        self.name, self.cache_size = name, cache_size
+        self.cache: OrderedDict[str, tuple[torch.Tensor, tuple, tuple]] = OrderedDict()
+        self.last_hit, self.last_encoder_ms = False, 0.0
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        key = f"{self.name}:{image_format}:{image_digest(image)}"
+        entry = self.cache.get(key)
+        self.last_hit = entry is not None
+        if entry is not None:
+            self.cache.move_to_end(key)
+            self.features, self.original_size, self.input_size = entry
+            self.is_image_set = True
+            self.last_encoder_ms = 0.0
+            return
+        start = time.perf_counter()
+        with torch.inference_mode():
+            super().set_image(image, image_format)
+        self.last_encoder_ms = (time.perf_counter() - start) * 1000.0
+        self.cache[key] = (self.features, self.original_size, self.input_size)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+
+class SamBackend:
+    """SAM with an embedding cache: point/box prompts (:meth:`predict`) and automatic masks (:meth:`everything`).
+
+    Thread-safe: one lock serialises the use of the shared predictor (the embedding is swapped in per request).
+    """
+
+    def __init__(self, model: Sam, name: str = "sam", device: str | torch.device = "cpu", cache_size: int = 16):
+        self.name = name
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.predictor = _CachingPredictor(self.model, name, cache_size)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, name_or_path: str, device: str = "auto", cache_size: int = 16) -> "SamBackend":
+        """Resolve a model name from ``weights/models.json`` or a local ``.pth`` (see :mod:`canon.models`), load it."""
+        from .models import resolve_sam_checkpoint
+
+        path = resolve_sam_checkpoint(name_or_path)
+        return cls(load_sam(path), name=name_or_path, device=pick_device(device), cache_size=cache_size)
+
+    def predict(self, image: np.ndarray, prompts: Prompts, multimask: bool = True) -> PathResult:
+        """Masks for ``prompts`` on an ``H x W x 3`` uint8 image: ``3`` masks when ``multimask`` (best first), else 1."""
+        prompts.validate(image.shape[:2])
+        if prompts.empty:
+            raise ValueError("add a point or a box first")
+        with self._lock, torch.inference_mode():
+            self.predictor.set_image(image)
+            start = time.perf_counter()
+            masks, scores, _ = self.predictor.predict(
+                point_coords=prompts.points.astype(np.float32) if len(prompts.points) else None,
+                point_labels=prompts.labels if len(prompts.points) else None,
+                box=None if prompts.box is None else prompts.box.astype(np.float32),
+                multimask_output=multimask,
+            )
+            decoder_ms = (time.perf_counter() - start) * 1000.0
+            encoder_ms, cached = self.predictor.last_encoder_ms, self.predictor.last_hit
+        order = np.argsort(-scores, kind="stable")
+        return PathResult(masks[order].astype(bool), scores[order].astype(np.float64), encoder_ms, decoder_ms, cached)
+
+    def everything(self, image: np.ndarray, points_per_side: int = 16, **generator_options) -> PathResult:
+        """Automatic masks from a grid of ``points_per_side`` squared point prompts, largest first.
+
+        ``generator_options`` go to segment-anything's ``SamAutomaticMaskGenerator`` (thresholds and the like).
+        """
+        with self._lock, torch.inference_mode():
+            generator = SamAutomaticMaskGenerator(self.model, points_per_side=points_per_side, **generator_options)
+            generator.predictor = self.predictor
+            start = time.perf_counter()
+            records = generator.generate(image)
+            total_ms = (time.perf_counter() - start) * 1000.0
+            encoder_ms, cached = self.predictor.last_encoder_ms, self.predictor.last_hit
+        records.sort(key=lambda r: -r["area"])
+        height, width = image.shape[:2]
+        masks = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, height, width), bool)
+        scores = np.array([r["predicted_iou"] for r in records], dtype=np.float64)
+        return PathResult(masks, scores, encoder_ms, total_ms - encoder_ms, cached)
+
+
+# --------------------------------------------------------------------------------------------- the equivariant pair
+
+
+class EquivariantSegmenter:
+    """SAM alone and SAM behind the canonicalizer, on one input, with one shared SAM backend and embedding cache."""
+
+    def __init__(self, canonicalizer: Canonicalizer, sam: SamBackend):
+        self.canonicalizer = canonicalizer
+        self.sam = sam
+
+    def segment(self, image: np.ndarray, prompts: Prompts, multimask: bool = True) -> DualResult:
+        """Both paths for point/box ``prompts`` given in the frame of ``image`` (``H x W x 3`` uint8)."""
+        prompts.validate(image.shape[:2])
+        plain = self.sam.predict(image, prompts, multimask)
+        decision = self.canonicalizer.canonicalize(image)
+        canonical = self.sam.predict(decision.canonical_image, prompts.rotated(-decision.k, image.shape[:2]),
+                                     multimask)
+        return DualResult(plain, self._mapped_back(canonical, decision.k), decision)
+
+    def segment_everything(self, image: np.ndarray, points_per_side: int = 16, **generator_options) -> DualResult:
+        """Both paths in "segment everything" mode (see :meth:`SamBackend.everything`)."""
+        plain = self.sam.everything(image, points_per_side, **generator_options)
+        decision = self.canonicalizer.canonicalize(image)
+        canonical = self.sam.everything(decision.canonical_image, points_per_side, **generator_options)
+        return DualResult(plain, self._mapped_back(canonical, decision.k), decision)
+
+    def sweep(self, image: np.ndarray, prompts: Prompts, multimask: bool = True) -> list[SweepEntry]:
+        """The same prompts on ``image`` (``H x W x 3`` uint8, the upright reference) turned by 0, 90, 180 and 270
+        degrees, both paths, masks mapped back to the frame of ``image``. The canonicalized IoUs are 1.0 exactly."""
+        prompts.validate(image.shape[:2])
+        entries = []
+        for k in range(geometry.GROUP_ORDER):
+            turned = self.segment(geometry.rotate_image(image, k), prompts.rotated(k, image.shape[:2]), multimask)
+            upright = DualResult(self._mapped_back(turned.sam, -k), self._mapped_back(turned.canonicalized, -k),
+                                 turned.canonicalization)
+            reference = entries[0].result if entries else upright
+            entries.append(SweepEntry(k, upright, _best_iou(upright.sam, reference.sam),
+                                      _best_iou(upright.canonicalized, reference.canonicalized)))
+        return entries
+
+    @staticmethod
+    def _mapped_back(result: PathResult, k: int) -> PathResult:
+        return replace(result, masks=geometry.rotate_masks(result.masks, k))
+
+
+def _best_iou(result: PathResult, reference: PathResult) -> float:
+    """IoU of the best (first) masks of two results in one frame."""
+    from .render import mask_iou
+
+    return mask_iou(result.masks[0], reference.masks[0])

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from canon import geometry
+from canon.canonicalizer import Canonicalizer, orbit_representative, paper_preprocess, prior_loss
+from canon.images import load_image
+
+
+@st.composite
+def small_images(draw):
+    height, width = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    # Few distinct values, so that symmetric images (tied rotations) are common.
+    return draw(arrays(np.uint8, (height, width, 3), elements=st.integers(0, 2)))
+
+
+@given(small_images(), st.integers(0, 3))
+def test_orbit_representative_is_equivariant(image, k):
+    j = orbit_representative(image)
+    j_rotated = orbit_representative(geometry.rotate_image(image, k))
+    # Whatever the tie-breaking, both pick the identical array.
+    assert np.array_equal(geometry.rotate_image(image, -j),
+                          geometry.rotate_image(geometry.rotate_image(image, k), -j_rotated))
+    assert geometry.rotate_image(image, -j).shape[0] <= geometry.rotate_image(image, -j).shape[1]
+
+
+@pytest.mark.parametrize("size", [(480, 640), (481, 640), (300, 301), (1, 5000), (1024, 1024), (50, 70)])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_preprocessing_commutes_with_rotation(size, k):
+    rng = np.random.default_rng(sum(size) + k)
+    image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    base = paper_preprocess(image)
+    rotated = paper_preprocess(geometry.rotate_image(image, k))
+    assert base.shape == (1, 3, 128, 128)
+    assert torch.allclose(rotated, torch.rot90(base, k, dims=(2, 3)), atol=1e-5)
+
+
+def test_canonicalize_is_exactly_equivariant(paper_canonicalizer, upright_files):
+    for path in upright_files[:3]:
+        image = load_image(path)
+        base = paper_canonicalizer.canonicalize(image)
+        for k in range(4):
+            decision = paper_canonicalizer.canonicalize(geometry.rotate_image(image, k))
+            assert decision.k == (base.k + k) % 4
+            assert np.array_equal(decision.canonical_image, base.canonical_image)
+            assert np.array_equal(decision.probabilities, np.roll(base.probabilities, k))
+            assert np.array_equal(decision.canonical_image, geometry.rotate_image(geometry.rotate_image(image, k),
+                                                                                  -decision.k))
+
+
+def test_rotations_of_one_photo_cost_one_network_pass(paper_canonicalizer, photo):
+    image = photo[::-1].copy()  # a picture this session has not canonicalized yet
+    cached = [paper_canonicalizer.canonicalize(geometry.rotate_image(image, k)).cached for k in range(4)]
+    assert cached == [False, True, True, True]
+
+
+def test_probabilities_and_decision(paper_canonicalizer, photo):
+    decision = paper_canonicalizer.canonicalize(photo)
+    assert decision.probabilities.shape == (4,)
+    assert decision.probabilities.sum() == pytest.approx(1.0)
+    assert decision.k == int(np.argmax(decision.probabilities))
+    assert decision.angle_deg == 90 * decision.k
+    assert decision.canonical_image.dtype == np.uint8
+
+
+def test_prior_loss_is_minus_log_probability_of_identity():
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
+    expected = -torch.log_softmax(logits, dim=1)[:, 0].mean()
+    assert torch.allclose(prior_loss(logits), expected)
+
+
+def test_save_and_from_pretrained_round_trip(paper_canonicalizer, photo, tmp_path):
+    paper_canonicalizer.save_pretrained(tmp_path / "copy")
+    assert (tmp_path / "copy" / "config.json").exists() and (tmp_path / "copy" / "model.safetensors").exists()
+    copy = Canonicalizer.load(str(tmp_path / "copy"))
+    assert np.array_equal(copy.logits(photo), paper_canonicalizer.logits(photo))
+
+
+def test_from_pretrained_refuses_an_incomplete_file(paper_canonicalizer, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    paper_canonicalizer.save_pretrained(tmp_path / "broken")
+    state = load_file(tmp_path / "broken" / "model.safetensors")
+    state.pop(next(iter(state)))
+    save_file(state, tmp_path / "broken" / "model.safetensors")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        Canonicalizer.load(str(tmp_path / "broken"))

@@ -1,0 +1,74 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from canon.__main__ import main
+from conftest import REPO, UPRIGHT
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "canon", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_segment_writes_both_results(standin_sam_path, tmp_path, capsys):
+    code = main(["segment", str(UPRIGHT / "animals_cat.jpg"), "--rotate", "90", "--point", "320,240",
+                 "--point", "50,50,0", "--box", "200,120,460,400", "--sam", str(standin_sam_path),
+                 "--device", "cpu", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "canonicalizer: k=" in out and "SAM + canonicalizer: 3 masks" in out
+    for name in ("sam", "canonicalized"):
+        overlay = np.asarray(Image.open(tmp_path / f"{name}_overlay.png"))
+        assert overlay.shape == (640, 480, 3)  # the photo turned by 90 degrees
+        saved = np.load(tmp_path / f"{name}_masks.npz")
+        assert saved["masks"].shape == (3, 640, 480) and saved["scores"].shape == (3,)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["segment", "missing.jpg", "--point", "1,1", "--out", "OUT"], "cannot read missing.jpg"),
+    (["segment", "IMAGE", "--point", "1,x", "--out", "OUT"], "--point takes"),
+    (["segment", "IMAGE", "--point", "1,1,7", "--out", "OUT"], "--point takes"),
+    (["segment", "IMAGE", "--box", "1,2,3", "--out", "OUT"], "--box takes"),
+    (["segment", "IMAGE", "--rotate", "45", "--point", "1,1", "--out", "OUT"], "not a multiple of 90"),
+    (["segment", "IMAGE", "--point", "9999,1", "--out", "OUT"], "outside"),
+    (["segment", "IMAGE", "--out", "OUT"], "--everything"),
+    (["segment", "IMAGE", "--point", "1,1", "--out", "OUT", "--device", "tpu"], "invalid choice"),
+    (["segment", "IMAGE", "--point", "1,1"], "--out"),
+    (["evaluate", "orientation", "--images", "NOWHERE", "--json", "x.json"], "NOWHERE"),
+])
+def test_bad_arguments_exit_2_with_one_line_before_loading_models(args, message, tmp_path):
+    args = [str(UPRIGHT / "animals_cat.jpg") if a == "IMAGE" else str(tmp_path / "out") if a == "OUT" else a
+            for a in args]
+    # A SAM name that cannot resolve: reaching model loading would give a different error.
+    result = run_cli(*args, *(["--sam", "no-such-model"] if args[0] == "segment" else []))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_image_is_refused(tmp_path):
+    fake = tmp_path / "photo.jpg"
+    fake.write_text("this is text, not a JPEG")
+    result = run_cli("segment", str(fake), "--point", "1,1", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.startswith("error: photo.jpg is not an image")
+
+
+def test_evaluate_orientation_writes_the_summary(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("animals_cat.jpg", "animals_dog.jpg"):
+        (folder / name).write_bytes((UPRIGHT / name).read_bytes())
+    code = main(["evaluate", "orientation", "--images", str(folder), "--model", "wrn-c4-paper",
+                 "--device", "cpu", "--json", str(tmp_path / "summary.json")])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) == {"model", "n_images", "accuracy", "per_rotation", "median_ms"}
+    assert summary["n_images"] == 2 and set(summary["per_rotation"]) == {"0", "90", "180", "270"}
+    assert 0.0 <= summary["accuracy"] <= 1.0 and summary["median_ms"] > 0
+    assert "| all (2 photos x 4) |" in capsys.readouterr().out

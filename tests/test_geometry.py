@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from canon import geometry
+
+sizes = st.tuples(st.integers(1, 9), st.integers(1, 9))
+ks = st.integers(-8, 8)
+
+
+@st.composite
+def images(draw):
+    height, width = draw(sizes)
+    channels = draw(st.sampled_from([None, 1, 3]))
+    shape = (height, width) if channels is None else (height, width, channels)
+    return draw(arrays(np.uint8, shape))
+
+
+@st.composite
+def points(draw, size):
+    height, width = size
+    n = draw(st.integers(0, 6))
+    xs = draw(st.lists(st.floats(0, width, allow_nan=False), min_size=n, max_size=n))
+    ys = draw(st.lists(st.floats(0, height, allow_nan=False), min_size=n, max_size=n))
+    return np.stack([np.array(xs, dtype=float), np.array(ys, dtype=float)], axis=1).reshape(-1, 2)
+
+
+@given(images(), ks)
+def test_image_round_trip_is_exact(image, k):
+    rotated = geometry.rotate_image(image, k)
+    assert rotated.shape[:2] == geometry.rotated_size(image.shape[:2], k)
+    assert np.array_equal(geometry.unrotate_image(rotated, k), image)
+
+
+@given(images(), ks, ks)
+def test_image_rotations_compose(image, a, b):
+    assert np.array_equal(geometry.rotate_image(geometry.rotate_image(image, a), b), geometry.rotate_image(image, a + b))
+
+
+@given(st.data(), sizes, ks)
+def test_masks_round_trip_and_match_images(data, size, k):
+    masks = data.draw(arrays(np.bool_, (3, *size)))
+    rotated = geometry.rotate_masks(masks, k)
+    assert np.array_equal(geometry.unrotate_masks(rotated, k), masks)
+    for i in range(3):
+        assert np.array_equal(rotated[i], geometry.rotate_image(masks[i], k))
+
+
+@given(st.data(), sizes, ks)
+def test_points_round_trip(data, size, k):
+    pts = data.draw(points(size))
+    back = geometry.unrotate_points(geometry.rotate_points(pts, k, size), k, size)
+    np.testing.assert_allclose(back, pts, atol=1e-9)
+
+
+@given(sizes, ks, st.data())
+def test_points_follow_the_pixels(size, k, data):
+    """A pixel centre maps to the centre of the pixel that rot90 moved it to (exact on the half-grid)."""
+    height, width = size
+    row, col = data.draw(st.integers(0, height - 1)), data.draw(st.integers(0, width - 1))
+    marker = np.zeros(size, dtype=np.uint8)
+    marker[row, col] = 1
+    rotated = geometry.rotate_image(marker, k)
+    (new_row,), (new_col,) = np.nonzero(rotated)
+    mapped = geometry.rotate_points([[col + 0.5, row + 0.5]], k, size)
+    assert mapped.tolist() == [[new_col + 0.5, new_row + 0.5]]
+
+
+@given(st.data(), sizes, ks)
+def test_boxes_round_trip_and_cover_the_same_pixels(data, size, k):
+    height, width = size
+    x0, x1 = sorted(data.draw(st.lists(st.integers(0, width), min_size=2, max_size=2)))
+    y0, y1 = sorted(data.draw(st.lists(st.integers(0, height), min_size=2, max_size=2)))
+    box = np.array([[x0, y0, x1, y1]], dtype=float)
+    rotated = geometry.rotate_boxes(box, k, size)
+    assert np.array_equal(geometry.unrotate_boxes(rotated, k, size), box)
+    inside = np.zeros(size, dtype=np.uint8)
+    inside[y0:y1, x0:x1] = 1
+    rx0, ry0, rx1, ry1 = rotated[0].astype(int)
+    expected = np.zeros(geometry.rotated_size(size, k), dtype=np.uint8)
+    expected[ry0:ry1, rx0:rx1] = 1
+    assert np.array_equal(geometry.rotate_image(inside, k), expected)
+
+
+def test_quarter_turn_is_counter_clockwise_as_displayed():
+    image = np.array([[1, 2], [3, 4]])
+    # The top-right pixel (2) moves to the top-left.
+    assert geometry.rotate_image(image, 1).tolist() == [[2, 4], [1, 3]]
+
+
+@pytest.mark.parametrize("degrees, k", [(0, 0), (90, 1), (-90, 3), (450, 1), (180.0, 2)])
+def test_k_from_degrees(degrees, k):
+    assert geometry.k_from_degrees(degrees) == k
+
+
+@pytest.mark.parametrize("degrees", [45, 1.5, float("nan"), float("inf")])
+def test_k_from_degrees_refuses_other_angles(degrees):
+    with pytest.raises(ValueError):
+        geometry.k_from_degrees(degrees)

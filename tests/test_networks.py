@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from canon.networks import EscnnWRN, ServingWRN, all_convs, layer_plan
+
+SMALL = dict(kernel_size=3, out_channels=16, num_layers=3, group_order=4)
+
+
+def randomised_escnn(seed: int = 0) -> EscnnWRN:
+    """A small escnn WRN with random weights and non-trivial batch-norm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    model = EscnnWRN(**SMALL)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.uniform_(-0.5, 0.5)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+        for name, parameter in model.named_parameters():
+            if "batch_norm" in name:
+                parameter.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_layer_plan_matches_the_paper_network():
+    plan = layer_plan(5, 64, 12)
+    assert [b.kind for b in plan.blocks] == ["bottleneck"] * 3 + ["basic"] + ["bottleneck"] * 3 + ["basic"] + [
+        "bottleneck"] * 3
+    assert plan.head.key == "eqv_network.36" and (plan.head.in_fields, plan.head.out_fields) == (64, 128)
+    assert len(all_convs(plan)) == 1 + 9 * 3 + 2 * 3 + 1
+
+
+def test_layer_plan_refuses_a_depth_it_cannot_split():
+    with pytest.raises(ValueError):
+        layer_plan(5, 64, 10)
+
+
+def test_serving_export_equals_escnn():
+    escnn_model = randomised_escnn()
+    serving = ServingWRN.from_escnn_state(escnn_model.state_dict(), **SMALL)
+    x = torch.rand(3, 3, 40, 40)
+    with torch.no_grad():
+        expected, actual = escnn_model(x), serving(x)
+    assert actual.shape == (3, 4)
+    assert torch.allclose(actual, expected, atol=1e-5), (actual - expected).abs().max()
+
+
+def test_serving_state_round_trips_through_state_dict():
+    serving = ServingWRN.from_escnn_state(randomised_escnn().state_dict(), **SMALL)
+    clone = ServingWRN(**SMALL)
+    clone.load_state_dict(serving.state_dict(), strict=True)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(clone.eval()(x), serving(x))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_activations_roll_with_rotation(paper_canonicalizer, k):
+    """act(rot90(x, k)) == roll(act(x), k) for the paper network, on a photo and on noise."""
+    torch.manual_seed(k)
+    network = paper_canonicalizer.network
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        base, rotated = network(x), network(torch.rot90(x, k, dims=(2, 3)))
+    assert torch.allclose(rotated, torch.roll(base, k, dims=1), atol=1e-4), (rotated - torch.roll(base, k, 1)).abs().max()
+
+
+def test_the_shipped_weights_are_small_and_complete(paper_canonicalizer):
+    state = paper_canonicalizer.state_dict()
+    n_parameters = sum(v.numel() for k, v in state.items() if "basis" not in k and "running" not in k)
+    assert 1.8e6 < n_parameters < 1.9e6  # the paper's 1.86 M free parameters
+    assert np.isfinite(np.concatenate([v.flatten().numpy() for v in state.values()])).all()

@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+
+from canon import geometry
+from canon.images import load_image
+from canon.models import ModelUnavailableError
+from canon.render import mask_iou
+from canon.segmenter import (SAM_ARCHITECTURES, EquivariantSegmenter, Prompts, SamBackend, build_sam,
+                             infer_architecture, load_sam)
+
+
+@pytest.mark.parametrize("name", sorted(SAM_ARCHITECTURES))
+def test_architecture_is_read_off_the_checkpoint(name):
+    with torch.device("meta"):  # shapes only: no memory for ViT-H's 636 M parameters
+        state = build_sam(SAM_ARCHITECTURES[name]).state_dict()
+    assert infer_architecture(state) == SAM_ARCHITECTURES[name]
+
+
+def test_standin_loads_through_the_real_path(standin_sam_path):
+    sam = load_sam(standin_sam_path)
+    assert sam.image_encoder.patch_embed.proj.out_channels == 32
+
+
+def test_load_refuses_a_checkpoint_that_is_not_sam(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(ModelUnavailableError, match="not a usable SAM checkpoint"):
+        load_sam(path)
+
+
+def test_load_refuses_arbitrary_pickles(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"payload": object()}, path)  # weights_only=True must not unpickle objects
+    with pytest.raises(ModelUnavailableError):
+        load_sam(path)
+
+
+PROMPTS = Prompts.make([[320.5, 240.5], [100.5, 60.5]], [1, 0], box=[200, 120, 460, 400])
+
+
+@pytest.fixture(scope="module")
+def segmenter(paper_canonicalizer, standin_backend):
+    return EquivariantSegmenter(paper_canonicalizer, standin_backend)
+
+
+def test_canonicalized_masks_are_exactly_equivariant(segmenter, upright_files, capsys):
+    """For shared photos and every k, canonicalized masks for rot90(x, k) (prompts rotated) equal rot90(masks(x), k)
+    bit for bit; SAM alone may differ, and the drift is reported."""
+    drifts = []
+    for path in upright_files[::54]:
+        image = load_image(path)
+        height, width = image.shape[:2]
+        prompts = Prompts.make([[width / 2, height / 2], [width / 5, height / 6]], [1, 0],
+                               box=[width / 4, height / 4, 3 * width / 4, 3 * height / 4])
+        base = segmenter.segment(image, prompts)
+        for k in range(1, 4):
+            result = segmenter.segment(geometry.rotate_image(image, k), prompts.rotated(k, image.shape[:2]))
+            assert np.array_equal(result.canonicalized.masks, geometry.rotate_masks(base.canonicalized.masks, k))
+            assert np.array_equal(result.canonicalized.scores, base.canonicalized.scores)
+            drifts.append(mask_iou(geometry.unrotate_masks(result.sam.masks, k)[0], base.sam.masks[0]))
+    with capsys.disabled():
+        print(f"\nSAM alone (stand-in) best-mask IoU against its upright result: median {np.median(drifts):.3f}, "
+              f"min {np.min(drifts):.3f} over {len(drifts)} rotated inputs")
+    assert len(drifts) == 12
+
+
+def test_four_rotations_cost_one_canonical_encoder_pass(segmenter, photo):
+    image = np.ascontiguousarray(photo[:, ::-1])  # not seen by the session's caches yet
+    results = [segmenter.segment(geometry.rotate_image(image, k), PROMPTS.rotated(k, image.shape[:2]))
+               for k in range(4)]
+    assert [r.sam.cached for r in results] == [False] * 4
+    # The canonical image is encoded once at most (not at all when it is the k = 0 input SAM alone just encoded).
+    assert [r.canonicalized.cached for r in results][1:] == [True, True, True]
+    assert results[0].canonicalized.cached == (results[0].canonicalization.k == 0)
+    again = segmenter.segment(image, Prompts.make([[10.5, 10.5]]))
+    assert again.sam.cached and again.canonicalized.cached  # a new click only runs the decoder
+
+
+def test_multimask_and_single_mask(segmenter, photo):
+    multi = segmenter.segment(photo, Prompts.make([[320.5, 240.5]]))
+    single = segmenter.segment(photo, Prompts.make(box=[100, 100, 300, 300]), multimask=False)
+    assert multi.sam.masks.shape == (3, 480, 640) and multi.sam.masks.dtype == bool
+    assert list(multi.sam.scores) == sorted(multi.sam.scores, reverse=True)
+    assert single.canonicalized.masks.shape == (1, 480, 640)
+
+
+def test_segment_everything_is_exactly_equivariant(segmenter, photo):
+    options = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    base = segmenter.segment_everything(photo, **options)
+    rotated = segmenter.segment_everything(geometry.rotate_image(photo, 1), **options)
+    assert len(base.canonicalized.masks) > 0
+    assert np.array_equal(rotated.canonicalized.masks, geometry.rotate_masks(base.canonicalized.masks, 1))
+
+
+@pytest.mark.parametrize("prompts, message", [
+    (Prompts.make([[700, 10]]), "outside"),
+    (Prompts.make([[float("nan"), 10]]), "finite"),
+    (Prompts.make(box=[10, 10, 10, 50]), "zero-area"),
+    (Prompts.make([[1, 1]] * 65), "too many"),
+    (Prompts.make([[1, 1]], [2]), "labels"),
+])
+def test_bad_prompts_are_refused_with_a_sentence(segmenter, photo, prompts, message):
+    with pytest.raises(ValueError, match=message):
+        segmenter.segment(photo, prompts)
+
+
+def test_no_prompt_is_refused(standin_backend, photo):
+    with pytest.raises(ValueError, match="add a point or a box"):
+        standin_backend.predict(photo, Prompts.make())
