@@ -1,4 +1,4 @@
-"""Command line: ``python -m canon {segment,evaluate,convert,publish} ...``; ``--help`` on each.
+"""Command line: ``python -m canon {segment,evaluate,bench,convert,publish} ...``; ``--help`` on each.
 
 Every argument and input file is checked before a model is loaded; a problem exits with status 2 and one line
 ``error: ...`` on stderr.
@@ -73,6 +73,33 @@ def build_parser() -> argparse.ArgumentParser:
     orientation.add_argument("--model", default=None, help="canonicalizer name or local folder")
     orientation.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     orientation.add_argument("--json", required=True, help="where to write the summary")
+    orientation.add_argument("--plot", default=None, help="also draw the accuracy per rotation into this PNG")
+
+    consistency = kinds.add_parser("consistency", help="without labels: do masks follow the photo's rotation?")
+    consistency.add_argument("--images", required=True, help="folder of photos")
+    consistency.add_argument("--sam", default=None, help="SAM model name or local .pth")
+    consistency.add_argument("--canonicalizer", default=None, help="canonicalizer name or local folder")
+    consistency.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    consistency.add_argument("--json", required=True, help="where to write the summary")
+
+    coco = kinds.add_parser("coco", help="the paper's protocol: box-prompted segm mAP at the four rotations")
+    coco.add_argument("--annotations", required=True, help="COCO instances JSON (e.g. instances_val2017.json)")
+    coco.add_argument("--images", required=True, help="folder of the images it lists")
+    coco.add_argument("--sam", default=None, help="SAM model name or local .pth")
+    coco.add_argument("--canonicalizer", default=None, help="canonicalizer name or local folder")
+    coco.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    coco.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    coco.add_argument("--json", required=True, help="where to write the summary")
+
+    bench = commands.add_parser("bench", help="SAM encoder vs canonicalizer time, click latency, memory")
+    bench.add_argument("--sam", default="vit_b", help="SAM architecture to time (random weights): vit_b, vit_l, vit_h")
+    bench.add_argument("--canonicalizer", action="append", default=None,
+                       help="canonicalizer(s) to time; the first is used for the ratios (default: the registry's "
+                            "default, then wrn-c4-paper)")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    bench.add_argument("--json", required=True, help="where to write the figures")
+    bench.add_argument("--plot", default=None, help="also draw the time breakdown into this PNG")
 
     convert = commands.add_parser("convert", help="turn the paper's checkpoint into weights/wrn-c4-paper")
     convert.add_argument("--source", required=True,
@@ -123,13 +150,7 @@ def _segment(args) -> None:
         raise CliError(str(error)) from None
     out = _writable_folder(args.out)
 
-    from .canonicalizer import Canonicalizer
-    from .segmenter import EquivariantSegmenter, SamBackend, pick_device
-    from .models import default_sam
-
-    device = pick_device(args.device)
-    segmenter = EquivariantSegmenter(Canonicalizer.load(args.canonicalizer, device=device),
-                                     SamBackend.load(args.sam or default_sam(), device=str(device)))
+    segmenter = _segmenter(args)
     rotated = geometry.rotate_image(image, k)
     start = time.perf_counter()
     if args.everything:
@@ -155,25 +176,91 @@ def _segment(args) -> None:
     print(f"total {total_ms:.0f} ms; wrote {out}")
 
 
-def _evaluate_orientation(args) -> None:
-    from .evaluate import image_files, orientation_accuracy, orientation_table
+def _json_target(path: str) -> Path:
+    target = Path(path)
+    _writable_folder(str(target.parent))
+    return target
+
+
+def _photos(folder: str) -> list[Path]:
+    from .evaluate import image_files
 
     try:
-        files = image_files(args.images)
+        return image_files(folder)
     except (OSError, ValueError) as error:
         raise CliError(str(error)) from None
-    json_path = Path(args.json)
-    _writable_folder(str(json_path.parent) if str(json_path.parent) else ".")
 
+
+def _segmenter(args):
     from .canonicalizer import Canonicalizer
-    from .models import default_canonicalizer
-    from .segmenter import pick_device
+    from .models import default_sam
+    from .segmenter import EquivariantSegmenter, SamBackend, pick_device
 
-    name = args.model or default_canonicalizer()
-    canonicalizer = Canonicalizer.load(name, device=pick_device(args.device))
-    summary = orientation_accuracy(canonicalizer, files, name)
-    json_path.write_text(json.dumps(summary, indent=2) + "\n")
-    print(orientation_table(summary))
+    device = pick_device(args.device)
+    return EquivariantSegmenter(Canonicalizer.load(args.canonicalizer, device=device),
+                                SamBackend.load(args.sam or default_sam(), device=str(device)))
+
+
+def _write_summary(target: Path, summary: dict, table: str) -> None:
+    target.write_text(json.dumps(summary, indent=2) + "\n")
+    print(table)
+
+
+def _evaluate(args) -> None:
+    from . import evaluate
+
+    target = _json_target(args.json)
+    if args.kind == "orientation":
+        files = _photos(args.images)
+        from .canonicalizer import Canonicalizer
+        from .models import default_canonicalizer
+        from .segmenter import pick_device
+
+        name = args.model or default_canonicalizer()
+        summary = evaluate.orientation_accuracy(Canonicalizer.load(name, device=pick_device(args.device)), files,
+                                                name)
+        _write_summary(target, summary, evaluate.orientation_table(summary))
+        if args.plot:
+            from .bench import machine_description
+            from .plots import plot_orientation
+
+            plot_orientation(summary, args.plot, machine=machine_description())
+    elif args.kind == "consistency":
+        files = _photos(args.images)
+        from .models import default_sam
+
+        summary = evaluate.mask_consistency(_segmenter(args), files, args.sam or default_sam())
+        _write_summary(target, summary, evaluate.consistency_table(summary))
+    else:
+        from .coco import coco_table, evaluate_coco
+
+        for path in (args.annotations, args.images):
+            if not Path(path).exists():
+                raise CliError(f"no such file or folder: {path}")
+        try:
+            summary = evaluate_coco(_segmenter(args), args.annotations, args.images, args.max_images)
+        except (ValueError, KeyError, json.JSONDecodeError) as error:
+            raise CliError(f"cannot evaluate {args.annotations}: {error}") from None
+        _write_summary(target, summary, coco_table(summary))
+
+
+def _bench(args) -> None:
+    from .bench import bench_table, benchmark
+    from .models import default_canonicalizer
+    from .segmenter import SAM_ARCHITECTURES
+
+    if args.sam not in SAM_ARCHITECTURES:
+        raise CliError(f"--sam takes one of {', '.join(SAM_ARCHITECTURES)} (timing uses random weights)")
+    if args.repeats < 1:
+        raise CliError("--repeats must be at least 1")
+    target = _json_target(args.json)
+    names = args.canonicalizer or list(dict.fromkeys([default_canonicalizer(), "wrn-c4-paper"]))
+    summary = benchmark(args.sam, tuple(names), repeats=args.repeats, device=args.device)
+    _write_summary(target, summary, bench_table(summary))
+    if args.plot:
+        from .plots import plot_bench
+
+        plot_bench(summary, args.plot)
 
 
 def _convert(args) -> None:
@@ -214,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
-        {"segment": _segment, "evaluate": _evaluate_orientation, "convert": _convert, "publish": _publish}[
+        {"segment": _segment, "evaluate": _evaluate, "bench": _bench, "convert": _convert, "publish": _publish}[
             args.command](args)
     except (CliError, ModelUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -238,6 +238,8 @@ class ServingWRN(nn.Module):
 
     def __init__(self, kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12, group_order: int = 4):
         super().__init__()
+        self.config = dict(kernel_size=kernel_size, out_channels=out_channels, num_layers=num_layers,
+                           group_order=group_order)
         self.group_order = group_order
         self.plan = layer_plan(kernel_size, out_channels, num_layers)
         n = group_order

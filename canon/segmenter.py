@@ -277,6 +277,27 @@ class SamBackend:
         order = np.argsort(-scores, kind="stable")
         return PathResult(masks[order].astype(bool), scores[order].astype(np.float64), encoder_ms, decoder_ms, cached)
 
+    def predict_boxes(self, image: np.ndarray, boxes: np.ndarray) -> PathResult:
+        """One mask per box, in one decoder batch: ``boxes`` ``N x 4`` (x0, y0, x1, y1) -> ``N x H x W`` masks in box
+        order (not sorted), ``scores`` ``N``. The protocol of box-prompted evaluation (one mask, no multimask)."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        for box in boxes:
+            Prompts.make(box=box).validate(image.shape[:2])
+        height, width = image.shape[:2]
+        if len(boxes) == 0:
+            return PathResult(np.zeros((0, height, width), bool), np.zeros(0), 0.0, 0.0, False)
+        with self._lock, torch.inference_mode():
+            self.predictor.set_image(image)
+            start = time.perf_counter()
+            transformed = self.predictor.transform.apply_boxes(boxes, self.predictor.original_size)
+            masks, scores, _ = self.predictor.predict_torch(
+                None, None, boxes=torch.as_tensor(transformed, dtype=torch.float32, device=self.device),
+                multimask_output=False)
+            decoder_ms = (time.perf_counter() - start) * 1000.0
+            encoder_ms, cached = self.predictor.last_encoder_ms, self.predictor.last_hit
+        return PathResult(masks[:, 0].cpu().numpy(), scores[:, 0].double().cpu().numpy(), encoder_ms, decoder_ms,
+                          cached)
+
     def everything(self, image: np.ndarray, points_per_side: int = 16, **generator_options) -> PathResult:
         """Automatic masks from a grid of ``points_per_side`` squared point prompts, largest first.
 
@@ -313,6 +334,14 @@ class EquivariantSegmenter:
         decision = self.canonicalizer.canonicalize(image)
         canonical = self.sam.predict(decision.canonical_image, prompts.rotated(-decision.k, image.shape[:2]),
                                      multimask)
+        return DualResult(plain, self._mapped_back(canonical, decision.k), decision)
+
+    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray) -> DualResult:
+        """Both paths, one mask per box (``N x 4``, in the frame of ``image``); see :meth:`SamBackend.predict_boxes`."""
+        plain = self.sam.predict_boxes(image, boxes)
+        decision = self.canonicalizer.canonicalize(image)
+        canonical = self.sam.predict_boxes(decision.canonical_image,
+                                           geometry.rotate_boxes(boxes, -decision.k, image.shape[:2]))
         return DualResult(plain, self._mapped_back(canonical, decision.k), decision)
 
     def segment_everything(self, image: np.ndarray, points_per_side: int = 16, **generator_options) -> DualResult:

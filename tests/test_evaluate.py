@@ -11,3 +11,16 @@ def test_paper_canonicalizer_recovers_the_rotation_of_most_shared_photos(paper_c
     assert summary["accuracy"] >= 0.78
     # Exact equivariance: every rotation is recovered equally often.
     assert len(set(summary["per_rotation"].values())) == 1
+
+
+def test_mask_consistency_separates_the_two_paths(paper_canonicalizer, standin_backend, upright_files):
+    from canon.evaluate import consistency_table, mask_consistency
+    from canon.segmenter import EquivariantSegmenter
+
+    summary = mask_consistency(EquivariantSegmenter(paper_canonicalizer, standin_backend), upright_files[:2],
+                               "standin", progress=False)
+    assert summary["n_images"] == 2
+    assert summary["canonicalized"]["mean_iou"] == 1.0  # exact equivariance
+    assert set(summary["sam"]["per_rotation"]) == {"90", "180", "270"}
+    assert 0.0 <= summary["sam"]["mean_iou"] < 1.0  # the stand-in SAM alone is not equivariant
+    assert "| SAM + canonicalizer | 1.000 | 1.000 | 1.000 | 1.000 |" in consistency_table(summary)

@@ -1,0 +1,23 @@
+import json
+
+from canon.__main__ import main
+
+
+def test_bench_writes_the_figures_and_the_plot(tmp_path, capsys):
+    code = main(["bench", "--sam", "vit_b", "--canonicalizer", "wrn-c4-paper", "--repeats", "1", "--device", "cpu",
+                 "--json", str(tmp_path / "bench.json"), "--plot", str(tmp_path / "bench.png")])
+    assert code == 0
+    figures = json.loads((tmp_path / "bench.json").read_text())
+    assert {"sam_model", "sam_encoder_ms", "canonicalizer_ms", "overhead_ratio", "click_ms", "params_ratio",
+            "peak_rss_mb"} <= set(figures)
+    assert figures["sam_model"] == "vit_b" and figures["sam_parameters"] > 80e6  # ViT-B SAM: about 94 M
+    assert figures["overhead_ratio"] == figures["canonicalizer_ms"] / figures["sam_encoder_ms"]
+    assert 0.015 < figures["params_ratio"] < 0.025  # 1.86 M of about 94 M
+    assert figures["click_ms"] < figures["first_click_ms"]
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| SAM vit_b image encoder |" in capsys.readouterr().out
+
+
+def test_bench_refuses_an_unknown_architecture(capsys):
+    assert main(["bench", "--sam", "vit_x", "--json", "unused.json"]) == 2
+    assert capsys.readouterr().err.startswith("error: --sam takes one of vit_b")
