@@ -1,4 +1,4 @@
-"""Command line: ``python -m canon {segment,evaluate,bench,convert,publish} ...``; ``--help`` on each.
+"""Command line: ``python -m canon {segment,evaluate,bench,train,convert,publish} ...``; ``--help`` on each.
 
 Every argument and input file is checked before a model is loaded; a problem exits with status 2 and one line
 ``error: ...`` on stderr.
@@ -100,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     bench.add_argument("--json", required=True, help="where to write the figures")
     bench.add_argument("--plot", default=None, help="also draw the time breakdown into this PNG")
+
+    train = commands.add_parser("train", help="train a canonicalizer with the canonicalization prior")
+    train.add_argument("--images", required=True, help="folder of upright photos (split into train/validation)")
+    train.add_argument("--init", choices=("scratch", "paper"), default="scratch",
+                       help="start from escnn's initialisation or from wrn-c4-paper's weights")
+    train.add_argument("--arch", default="wrn-c4-small", help="wrn-c4-small (default) or wrn-c4-paper")
+    train.add_argument("--group", default="C4", help="rotation group; C4 is what the library serves")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--crops-per-photo", type=int, default=4)
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    train.add_argument("--out", required=True, help="folder for the per-epoch checkpoints")
 
     convert = commands.add_parser("convert", help="turn the paper's checkpoint into weights/wrn-c4-paper")
     convert.add_argument("--source", required=True,
@@ -263,6 +274,27 @@ def _bench(args) -> None:
         plot_bench(summary, args.plot)
 
 
+def _train(args) -> None:
+    from .train import ARCHITECTURES, TrainConfig, train
+
+    if args.group != "C4":
+        raise CliError(f"--group {args.group} is not supported: the library's networks and geometry are C4")
+    if args.arch not in ARCHITECTURES:
+        raise CliError(f"--arch takes one of {', '.join(ARCHITECTURES)}")
+    if args.init == "paper" and args.arch != "wrn-c4-paper":
+        raise CliError("--init paper needs --arch wrn-c4-paper (the weights have that shape)")
+    if args.epochs < 1 or args.crops_per_photo < 1:
+        raise CliError("--epochs and --crops-per-photo must be at least 1")
+    files = _photos(args.images)
+    _writable_folder(args.out)
+    history = train(files, args.out, arch=args.arch, init=args.init, resume=args.resume,
+                    config=TrainConfig(epochs=args.epochs, crops_per_photo=args.crops_per_photo))
+    if history:
+        best = max(history, key=lambda h: h["validation_accuracy"])
+        print(f"best validation {100 * best['validation_accuracy']:.1f} % at epoch {best['epoch']}: "
+              f"{Path(args.out) / ('epoch-' + str(best['epoch']))}")
+
+
 def _convert(args) -> None:
     from .convert import convert_paper_checkpoint
     from .models import WEIGHTS_DIR
@@ -301,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
-        {"segment": _segment, "evaluate": _evaluate, "bench": _bench, "convert": _convert, "publish": _publish}[
+        {"segment": _segment, "evaluate": _evaluate, "bench": _bench, "train": _train, "convert": _convert,
+         "publish": _publish}[
             args.command](args)
     except (CliError, ModelUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)

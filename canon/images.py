@@ -1,7 +1,7 @@
 """Reading photos safely: any file a user may upload becomes an ``H x W x 3`` uint8 RGB array, or one clear error.
 
 * The pixel count is checked from the header, before decoding, against :data:`MAX_PIXELS` (a decompression bomb is
-  refused without allocating its pixels).
+  refused without allocating its pixels); so are the sides (:data:`MIN_SIDE`, :data:`MAX_ASPECT`).
 * The EXIF orientation tag is applied, so the array is upright as a phone shows the photo, and prompts given on the
   displayed picture refer to the same pixels.
 * Grayscale, palette, 16-bit, RGBA (composited on white), CMYK and animated images (first frame) are converted to RGB.
@@ -18,6 +18,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000  # about a 7300 x 5500 photo; larger uploads are refused before decoding
 MAX_FILE_BYTES = 50 * 1024 * 1024
+# SAM scales the longest side to 1024 px: a thinner image would leave its short side under a few pixels.
+MIN_SIDE = 16
+MAX_ASPECT = 16
 
 
 class ImageError(ValueError):
@@ -48,7 +51,9 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_P
             return to_rgb_array(image, max_pixels)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name} declares more than {max_pixels // 1_000_000} megapixels; resize it first") from None
+    except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image format this app can read (use JPEG, PNG, WebP, GIF, BMP or TIFF)") \
             from None
     except (OSError, ValueError, SyntaxError) as error:
@@ -62,8 +67,9 @@ def to_rgb_array(image: Image.Image, max_pixels: int = MAX_PIXELS) -> np.ndarray
     if width * height > max_pixels:
         raise ImageError(f"the image is {width}x{height} pixels, more than the {max_pixels // 1_000_000} megapixels "
                          f"accepted; resize it first")
-    if width < 1 or height < 1:
-        raise ImageError("the image has no pixels")
+    if min(width, height) < MIN_SIDE or max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageError(f"the image is {width}x{height} pixels; a photo needs at least {MIN_SIDE} pixels on each "
+                         f"side and sides within {MAX_ASPECT}:1 of each other")
     image.seek(0)
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):

@@ -21,6 +21,8 @@ input by ``k`` quarter turns counter-clockwise rolls the activations by ``k``: `
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -147,9 +149,7 @@ class EscnnWRN(nn.Module):
     def __init__(self, kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12, group_order: int = 4,
                  initialize: bool = True):
         super().__init__()
-        from escnn import gspaces
-        from escnn import nn as enn
-
+        gspaces, enn = _escnn()
         self.group_order = group_order
         self.plan = layer_plan(kernel_size, out_channels, num_layers)
         gspace = gspaces.rot2dOnR2(N=group_order)
@@ -175,16 +175,26 @@ class EscnnWRN(nn.Module):
         self.eqv_network = enn.SequentialModule(*modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from escnn import nn as enn
-
+        _, enn = _escnn()
         out = self.eqv_network(enn.GeometricTensor(x, self.in_type)).tensor
         return group_pool(out, self.group_order)
 
 
 @functools.lru_cache(maxsize=None)
+def _escnn():
+    """escnn's ``gspaces`` and ``nn``, imported on first use (serving never needs them)."""
+    with warnings.catch_warnings():
+        # py3nj only speeds up SO(3) Clebsch-Gordan coefficients, which C_n networks never use.
+        warnings.filterwarnings("ignore", message="`py3nj` package not found")
+        from escnn import gspaces
+        from escnn import nn as enn
+    return gspaces, enn
+
+
+@functools.lru_cache(maxsize=None)
 def _escnn_block_class():
     """The residual block of :class:`EscnnWRN`, defined on first use so that importing this module needs no escnn."""
-    from escnn import nn as enn
+    _, enn = _escnn()
 
     class EscnnBlock(enn.EquivariantModule):
         """A residual block; attribute names follow the paper's state dict."""
@@ -218,6 +228,12 @@ def _norm_keys(prefix: str, group_order: int) -> dict[str, str]:
     """Paper state-dict keys of an escnn ``InnerBatchNorm`` over regular fields of C_n."""
     inner = f"{prefix}.batch_norm_[{group_order}]"
     return {name: f"{inner}.{name}" for name in ("weight", "bias", "running_mean", "running_var")}
+
+
+def _basis_key(spec: ConvSpec) -> str:
+    """Key of a convolution's sampled basis in the escnn state dict."""
+    source = "irrep_0" if spec.in_fields == 0 else "regular"
+    return f"{spec.key}._basisexpansion.block_expansion_('{source}', 'regular').sampled_basis"
 
 
 def _safe(key: str) -> str:
@@ -292,13 +308,26 @@ class ServingWRN(nn.Module):
         for spec in all_convs(self.plan):
             out[f"{_safe(spec.key)}_weights"] = state[f"{spec.key}.weights"]
             out[f"{_safe(spec.key)}_bias"] = state[f"{spec.key}.bias"]
-            source = "irrep_0" if spec.in_fields == 0 else "regular"
-            out[f"basis_{basis_name(spec)}"] = state[
-                f"{spec.key}._basisexpansion.block_expansion_('{source}', 'regular').sampled_basis"]
+            out[f"basis_{basis_name(spec)}"] = state[_basis_key(spec)]
         for prefix in all_norms(self.plan):
             for stat, key in _norm_keys(prefix, self.group_order).items():
                 out[f"{_safe(prefix)}_{stat}"] = state[key]
         return {k: v.detach().clone().float() for k, v in out.items()}
+
+    def escnn_state(self) -> dict[str, torch.Tensor]:
+        """The free parameters, sampled bases and batch-norm statistics in the paper's escnn layout (inverse of
+        :meth:`state_from_escnn`). The bases are included because escnn's own differ from the shipped ones (sampled
+        by e2cnn) by about 1e-6. Loads into :class:`EscnnWRN` with ``strict=False``; :func:`load_escnn_from_serving`
+        checks that nothing but derived buffers is missing."""
+        out = {}
+        for spec in all_convs(self.plan):
+            out[f"{spec.key}.weights"] = getattr(self, f"{_safe(spec.key)}_weights")
+            out[f"{spec.key}.bias"] = getattr(self, f"{_safe(spec.key)}_bias")
+            out[_basis_key(spec)] = getattr(self, f"basis_{basis_name(spec)}")
+        for prefix in all_norms(self.plan):
+            for stat, key in _norm_keys(prefix, self.group_order).items():
+                out[key] = getattr(self, f"{_safe(prefix)}_{stat}")
+        return {k: v.detach().clone() for k, v in out.items()}
 
     # ------------------------------------------------------------------ dense filters
 
@@ -310,7 +339,8 @@ class ServingWRN(nn.Module):
         # filter[a*n + x, b*n_in + y] = sum_d w[a, b, d] * basis[d, x, y]  (escnn's block expansion)
         weight = torch.einsum("abd,dxyp->axbyp", coefficients, basis)
         weight = weight.reshape(spec.out_fields * n, in_fields * n_in, spec.kernel_size, spec.kernel_size)
-        bias = getattr(self, f"{_safe(spec.key)}_bias").repeat_interleave(n)
+        # escnn puts a regular field's bias on its trivial component, the unit vector (1, ..., 1) / sqrt(n).
+        bias = getattr(self, f"{_safe(spec.key)}_bias").repeat_interleave(n) / math.sqrt(n)
         return weight, bias
 
     def _affine(self, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,3 +391,17 @@ class ServingWRN(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         self._dense = None  # dense filters are re-made after a change of device or dtype
         return super()._apply(fn, *args, **kwargs)
+
+
+# Buffers escnn derives from the free parameters or the architecture; never part of what is trained or shipped.
+_DERIVED_ESCNN_BUFFERS = (".filter", ".expanded_bias", ".bias_expansion", ".indices_",
+                          ".num_batches_tracked")
+
+
+def load_escnn_from_serving(escnn_model: EscnnWRN, serving: ServingWRN) -> EscnnWRN:
+    """Copy a serving network's parameters into an escnn network of the same configuration (for fine-tuning)."""
+    missing, unexpected = escnn_model.load_state_dict(serving.escnn_state(), strict=False)
+    missing = [k for k in missing if not any(part in k for part in _DERIVED_ESCNN_BUFFERS)]
+    if missing or unexpected:
+        raise ValueError(f"the escnn and serving networks differ: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return escnn_model

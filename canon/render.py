@@ -12,11 +12,13 @@ PALETTE = np.array([(0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167)
 def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend ``N x H x W`` bool masks over an ``H x W x 3`` uint8 image; mask ``i`` gets ``PALETTE[i % 8]``, drawn
     from last to first so that mask 0 (SAM's best) lies on top. Returns a new ``H x W x 3`` uint8 image."""
-    out = image.astype(np.float32)
+    out = image.copy()
     for index in range(len(masks) - 1, -1, -1):
-        region = masks[index].astype(bool)
-        out[region] = (1 - alpha) * out[region] + alpha * PALETTE[index % len(PALETTE)]
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+        region = masks[index].astype(bool, copy=False)
+        # Blend only the masked pixels: a click redraws two panels, so whole-image float passes add up.
+        blended = (1 - alpha) * out[region] + alpha * PALETTE[index % len(PALETTE)]
+        out[region] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    return out
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,12 +1,15 @@
+import argparse
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from canon.__main__ import main
+from canon.__main__ import _box, _point, main
 from conftest import REPO, UPRIGHT
 
 
@@ -72,3 +75,15 @@ def test_evaluate_orientation_writes_the_summary(tmp_path, capsys):
     assert summary["n_images"] == 2 and set(summary["per_rotation"]) == {"0", "90", "180", "270"}
     assert 0.0 <= summary["accuracy"] <= 1.0 and summary["median_ms"] > 0
     assert "| all (2 photos x 4) |" in capsys.readouterr().out
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=40))
+def test_fuzz_prompt_parsing_returns_values_or_a_usage_error(text):
+    for parse in (_point, _box):
+        try:
+            values = parse(text)
+        except argparse.ArgumentTypeError as error:
+            assert str(error).startswith(("--point takes", "--box takes"))
+        else:
+            assert all(np.isfinite(values))

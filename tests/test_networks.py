@@ -20,6 +20,8 @@ def randomised_escnn(seed: int = 0) -> EscnnWRN:
         for name, parameter in model.named_parameters():
             if "batch_norm" in name:
                 parameter.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                parameter.uniform_(-0.5, 0.5)  # escnn initialises biases to zero, which would hide their mapping
     return model.eval()
 
 

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canon import geometry
 from canon.images import load_image
@@ -108,3 +110,18 @@ def test_bad_prompts_are_refused_with_a_sentence(segmenter, photo, prompts, mess
 def test_no_prompt_is_refused(standin_backend, photo):
     with pytest.raises(ValueError, match="add a point or a box"):
         standin_backend.predict(photo, Prompts.make())
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.floats(), st.floats()), max_size=70), st.lists(st.integers(-2, 3), max_size=70),
+       st.none() | st.tuples(st.floats(), st.floats(), st.floats(), st.floats()))
+def test_fuzz_prompt_validation_accepts_or_refuses_with_a_sentence(points, labels, box):
+    prompts = Prompts(np.array(points, dtype=np.float64).reshape(-1, 2), np.array(labels, dtype=np.int64),
+                      None if box is None else np.array(box))
+    try:
+        prompts.validate((480, 640))
+    except ValueError as error:
+        assert str(error) and "\n" not in str(error)
+    else:
+        assert len(prompts.points) == len(prompts.labels) <= 64
+        assert np.all((prompts.points >= 0) & (prompts.points <= [640, 480]))

@@ -1,0 +1,200 @@
+"""Training the canonicalizer with the canonicalization prior, on a folder of upright photos.
+
+Recipe (Mondal et al., NeurIPS 2023, and equiadapt 0.1.2's defaults): the loss is ``CrossEntropy(c(x), identity)``
+on upright photos (:func:`canon.canonicalizer.prior_loss`); SGD with momentum 0.9, weight decay 5e-4, learning rate
+1e-3; horizontal flips. No rotation augmentation: the network is C4-equivariant, so a rotated photo teaches nothing an
+upright one does not. Added here because the photo set is small: random crops over a range of scales and aspect
+ratios, and colour jitter. Every crop goes through the same preprocessing as inference.
+
+Validation never sees a training photo: :func:`split_files` assigns whole groups of files (names that differ only
+by trailing digits, such as ``fishes_fish1`` and ``fishes_fish2``, form one group) by a hash of the group name, so the
+split is fixed, independent of the order on disk, and keeps near-duplicate series on one side.
+
+Checkpoints are :class:`Canonicalizer` folders (``config.json`` + ``model.safetensors``) with the optimizer state in
+``optimizer.safetensors`` and the epoch in ``training.json``; ``--resume`` continues from the latest one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .canonicalizer import Canonicalizer, paper_preprocess, prior_loss
+from .images import load_image
+from .networks import EscnnWRN, ServingWRN, load_escnn_from_serving
+
+ARCHITECTURES = {
+    # The paper's network (equiadapt's ESCNNWRNEquivariantNetwork for SAM).
+    "wrn-c4-paper": dict(kernel_size=5, out_channels=64, num_layers=12),
+    # Narrower and shallower: about 1/16 of the multiply-adds at the same input size.
+    "wrn-c4-small": dict(kernel_size=5, out_channels=16, num_layers=6),
+}
+TRAIN_PHOTO_SIDE = 512  # photos are kept in memory at this longest side; crops are taken from them
+
+
+def split_group(path: Path) -> str:
+    """Files whose names differ only by trailing digits belong to one group (one side of the split)."""
+    return re.sub(r"\d+$", "", path.stem)
+
+
+def split_files(files: list[Path], validation_fraction: float = 0.2) -> tuple[list[Path], list[Path]]:
+    """Fixed file-level split: a group goes to validation when the hash of its name falls below the fraction."""
+    def in_validation(path: Path) -> bool:
+        digest = hashlib.sha256(split_group(path).encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < validation_fraction
+    validation = [f for f in files if in_validation(f)]
+    return [f for f in files if not in_validation(f)], validation
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    crops_per_photo: int = 4
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    min_crop_scale: float = 0.35
+    colour_jitter: float = 0.2
+    seed: int = 0
+
+
+def _shrink(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    scale = TRAIN_PHOTO_SIDE / max(height, width)
+    if scale >= 1:
+        return image
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    x = torch.nn.functional.interpolate(x, size=(round(height * scale), round(width * scale)), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+
+
+def augment(image: np.ndarray, rng: np.random.Generator, config: TrainConfig, preprocess: dict) -> torch.Tensor:
+    """One training view of an upright ``H x W x 3`` uint8 photo: ``3 x S x S`` float tensor in [0, 1]."""
+    height, width = image.shape[:2]
+    area = rng.uniform(config.min_crop_scale, 1.0) * height * width
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    crop_h = int(min(height, max(16, round(np.sqrt(area / aspect)))))
+    crop_w = int(min(width, max(16, round(np.sqrt(area * aspect)))))
+    top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
+    crop = image[top:top + crop_h, left:left + crop_w]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    x = paper_preprocess(np.ascontiguousarray(crop), **preprocess)[0]
+    jitter = config.colour_jitter
+    brightness, contrast, saturation = rng.uniform(1 - jitter, 1 + jitter, size=3)
+    grey = x.mean(dim=0, keepdim=True)
+    x = grey + (x - grey) * saturation
+    x = (x - x.mean()) * contrast + x.mean()
+    return (x * brightness).clamp(0, 1)
+
+
+def validation_accuracy(canonicalizer: Canonicalizer, photos: list[np.ndarray]) -> float:
+    """Fraction of upright photos for which the identity is chosen (by equivariance, the accuracy at every C4
+    rotation)."""
+    if not photos:
+        return float("nan")
+    return float(np.mean([canonicalizer.canonicalize(p).k == 0 for p in photos]))
+
+
+def _save_checkpoint(folder: Path, canonicalizer: Canonicalizer, optimizer: torch.optim.Optimizer, epoch: int,
+                     canonicalizer_config: dict, history: list[dict]) -> None:
+    canonicalizer.save_pretrained(folder, config=canonicalizer_config)
+    buffers = {f"{index}.momentum_buffer": s["momentum_buffer"].contiguous()
+               for index, s in optimizer.state_dict()["state"].items() if s.get("momentum_buffer") is not None}
+    save_file(buffers, folder / "optimizer.safetensors")
+    (folder / "training.json").write_text(json.dumps({"epoch": epoch, "history": history}, indent=2) + "\n")
+
+
+def to_canonicalizer(model: EscnnWRN, canonicalizer_config: dict) -> Canonicalizer:
+    """The serving form of an escnn network being trained (a copy; the escnn model keeps training)."""
+    was_training = model.training
+    canonicalizer = Canonicalizer(**canonicalizer_config)
+    canonicalizer.network.load_state_dict(canonicalizer.network.state_from_escnn(model.eval().state_dict()))
+    model.train(was_training)
+    return canonicalizer.eval()
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    checkpoints = sorted(out_dir.glob("epoch-*"), key=lambda p: int(p.name.split("-")[1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def train(files: list[Path], out_dir: str | Path, arch: str = "wrn-c4-small", init: str = "scratch",
+          config: TrainConfig | None = None, resume: bool = False, progress: bool = True) -> list[dict]:
+    """Train on the training side of :func:`split_files`, validate on the other each epoch, save each epoch.
+
+    ``init``: ``scratch`` (escnn's initialisation) or ``paper`` (start from ``wrn-c4-paper``'s weights; needs
+    ``arch == "wrn-c4-paper"``). Returns the per-epoch history ``[{"epoch", "loss", "validation_accuracy"}]``.
+    """
+    config = config or TrainConfig()
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if init not in ("scratch", "paper"):
+        raise ValueError("--init takes scratch or paper")
+    if init == "paper" and arch != "wrn-c4-paper":
+        raise ValueError("--init paper needs --arch wrn-c4-paper (the weights have that shape)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    network_config = dict(ARCHITECTURES[arch], group_order=4)
+    canonicalizer_config = dict(architecture="wrn", **network_config, canvas_size=1024, crop_ratio=0.9,
+                                input_size=128)
+    model = EscnnWRN(**network_config)
+    if init == "paper":
+        load_escnn_from_serving(model, Canonicalizer.load("wrn-c4-paper").network)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    history, first_epoch = [], 1
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        serving = ServingWRN(**network_config)
+        serving.load_state_dict(Canonicalizer.load(str(checkpoint)).network.state_dict())
+        load_escnn_from_serving(model, serving)
+        buffers = load_file(checkpoint / "optimizer.safetensors")
+        parameters = list(model.parameters())
+        for key, value in buffers.items():
+            optimizer.state[parameters[int(key.split(".")[0])]]["momentum_buffer"] = value
+        saved = json.loads((checkpoint / "training.json").read_text())
+        history, first_epoch = saved["history"], saved["epoch"] + 1
+        rng = np.random.default_rng([config.seed, first_epoch])
+
+    train_files, validation_files = split_files(files)
+    if not train_files:
+        raise ValueError("the split left no training photo; give more photos")
+    train_photos = [_shrink(load_image(f)) for f in train_files]
+    validation_photos = [load_image(f) for f in validation_files]
+    preprocess = {k: canonicalizer_config[k] for k in ("canvas_size", "crop_ratio", "input_size")}
+    for epoch in range(first_epoch, config.epochs + 1):
+        model.train()
+        order = np.repeat(np.arange(len(train_photos)), config.crops_per_photo)
+        rng.shuffle(order)
+        losses = []
+        batches = range(0, len(order), config.batch_size)
+        for start in tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress):
+            views = torch.stack([augment(train_photos[i], rng, config, preprocess)
+                                 for i in order[start:start + config.batch_size]])
+            loss = prior_loss(model(views))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        canonicalizer = to_canonicalizer(model, canonicalizer_config)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)),
+                        "validation_accuracy": validation_accuracy(canonicalizer, validation_photos)})
+        _save_checkpoint(out_dir / f"epoch-{epoch}", canonicalizer, optimizer, epoch, canonicalizer_config, history)
+        if progress:
+            last = history[-1]
+            print(f"epoch {epoch}: loss {last['loss']:.4f}, validation {100 * last['validation_accuracy']:.1f} % "
+                  f"of {len(validation_photos)} photos")
+    return history

@@ -1,0 +1,70 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from canon import geometry
+from canon.__main__ import main
+from canon.canonicalizer import Canonicalizer
+from canon.networks import EscnnWRN, load_escnn_from_serving
+from canon.train import TrainConfig, augment, split_files, split_group
+from conftest import UPRIGHT
+
+
+def test_split_is_fixed_and_keeps_groups_together(upright_files):
+    train, validation = split_files(upright_files)
+    assert split_files(list(reversed(upright_files))) == (sorted(train, reverse=True), sorted(validation,
+                                                                                             reverse=True))
+    assert not set(train) & set(validation) and len(train) + len(validation) == len(upright_files)
+    assert 0.1 < len(validation) / len(upright_files) < 0.35
+    assert not {split_group(f) for f in train} & {split_group(f) for f in validation}
+    assert split_group(UPRIGHT / "fishes_fish12.jpg") == split_group(UPRIGHT / "fishes_fish3.jpg")
+
+
+def test_augmented_views_are_valid_inputs(photo):
+    rng = np.random.default_rng(0)
+    views = [augment(photo, rng, TrainConfig(), dict(canvas_size=1024, crop_ratio=0.9, input_size=128))
+             for _ in range(4)]
+    assert all(v.shape == (3, 128, 128) and 0 <= v.min() and v.max() <= 1 for v in views)
+    assert not torch.equal(views[0], views[1])
+
+
+def test_paper_weights_round_trip_through_escnn(paper_canonicalizer, photo):
+    """--init paper: the serving weights loaded into escnn give the paper's activations back."""
+    escnn_model = load_escnn_from_serving(EscnnWRN(initialize=False), paper_canonicalizer.network).eval()
+    with torch.no_grad():
+        activations = escnn_model(paper_canonicalizer.preprocess(photo))[0].double().numpy()
+    np.testing.assert_allclose(activations, paper_canonicalizer.logits(photo), atol=1e-5)
+
+
+def test_train_resume_and_load_the_checkpoint(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("animals_cat.jpg", "animals_dog.jpg", "tools_hammer.jpg", "fishes_fish1.jpg", "music_guitar.jpg",
+                 "usa_goldenGateBridge.jpg"):
+        if (UPRIGHT / name).exists():
+            (photos / name).write_bytes((UPRIGHT / name).read_bytes())
+    out = tmp_path / "run"
+    common = ["train", "--images", str(photos), "--arch", "wrn-c4-small", "--crops-per-photo", "1", "--out", str(out)]
+    assert main([*common, "--epochs", "1"]) == 0
+    assert main([*common, "--epochs", "2", "--resume"]) == 0
+    history = json.loads((out / "epoch-2" / "training.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(np.isfinite(h["loss"]) for h in history)
+    assert (out / "epoch-2" / "optimizer.safetensors").exists()
+    trained = Canonicalizer.load(str(out / "epoch-2"))
+    image = np.random.default_rng(1).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    decisions = [trained.canonicalize(geometry.rotate_image(image, k)) for k in range(4)]
+    assert [d.k for d in decisions] == [(decisions[0].k + k) % 4 for k in range(4)]
+    assert "best validation" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--group", "C8"], "not supported"),
+    (["--arch", "resnet"], "--arch takes"),
+    (["--init", "paper"], "--init paper needs --arch wrn-c4-paper"),
+])
+def test_train_refuses_what_it_cannot_do(args, message, tmp_path, capsys):
+    assert main(["train", "--images", str(UPRIGHT), "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
