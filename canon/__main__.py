@@ -312,9 +312,13 @@ def _convert(args) -> None:
 def _publish(args) -> None:
     from huggingface_hub import HfApi
 
-    from .models import resolve_canonicalizer_dir
+    from .models import WEIGHTS_DIR
 
-    folder = resolve_canonicalizer_dir(args.name)
+    # Publishing reads a local folder only: a Hub override in the environment must not redirect the source.
+    folder = Path(args.name) if Path(args.name).is_dir() else WEIGHTS_DIR / args.name
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise CliError(f"{args.name} is neither a model folder nor a name in weights/ (config.json and "
+                       f"model.safetensors are needed)")
     api = HfApi()
     try:
         api.create_repo(args.repo_id, repo_type="model", private=args.private, exist_ok=True)
