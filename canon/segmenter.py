@@ -247,6 +247,10 @@ class SamBackend:
         self.name = name
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        with torch.inference_mode():
+            dense_pe = self.model.prompt_encoder.get_dense_pe()
+        # The decoder's positional encoding depends on fixed buffers only; SAM recomputes it on every click.
+        self.model.prompt_encoder.get_dense_pe = lambda: dense_pe
         self.predictor = _CachingPredictor(self.model, name, cache_size)
         self._lock = threading.Lock()
 
