@@ -7,10 +7,11 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 EQUIADAPT_WHEEL := .cache/equiadapt-0.1.2-py3-none-any.whl
 EQUIADAPT_SHA256 := bd0fae2d8e755721995bc89cf7cbec72a4f20f981c45ddcb1137dc6a61a56d12
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: setup run test paper-weights clean
 
-setup: $(INSTALLED) $(EQUIADAPT_WHEEL)
+setup: $(INSTALLED) $(EQUIADAPT_WHEEL) $(CHROMIUM)
 
 $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,11 @@ $(EQUIADAPT_WHEEL): | $(INSTALLED)
 	mkdir -p .cache
 	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps equiadapt==0.1.2 -d .cache
 	echo "$(EQUIADAPT_SHA256)  $@" | sha256sum --check --quiet
+
+# The browser tests drive Debian's Chromium through Playwright, never a browser Playwright downloads.
+$(CHROMIUM):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
 paper-weights: setup
 	$(PY) -m canon convert --source $(EQUIADAPT_WHEEL)

@@ -14,23 +14,16 @@ import io
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from . import geometry
 from .images import load_image
+from .maskio import encode_rle
 from .segmenter import EquivariantSegmenter
 
 PATHS = ("sam", "canonicalized")
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """``H x W`` bool mask -> COCO run-length encoding with ``counts`` as str (JSON-able)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 def _quiet(fn, *args):

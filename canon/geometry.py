@@ -20,6 +20,7 @@ boxes are mapped by ``x' = y, y' = W - x`` (one step), exact for coordinates on 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 GROUP_ORDER = 4
 ANGLES_DEG = tuple(90 * k for k in range(GROUP_ORDER))
@@ -100,3 +101,79 @@ def unrotate_boxes(boxes: np.ndarray, k: int, size: tuple[int, int]) -> np.ndarr
     """Inverse of :func:`rotate_boxes`; ``size = (H, W)`` is the size *before* the rotation ``k``."""
     k = normalise_k(k)
     return rotate_boxes(boxes, -k, rotated_size(size, k))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Free angles. A C4 canonicalizer can only undo quarter turns; a photo turned by any other angle is modelled as an
+# exact quarter-turn rotation followed by a residual tilt of at most 45 degrees, which stays in the image for good.
+
+
+def split_degrees(degrees: float) -> tuple[int, float]:
+    """Split a counter-clockwise angle into ``k`` quarter turns (``0..3``) and a residual tilt in ``[-45, 45)``
+    degrees, with ``degrees == 90 * k + residual`` modulo 360."""
+    degrees = float(degrees)
+    if not np.isfinite(degrees):
+        raise ValueError(f"{degrees} is not a finite angle")
+    turns = int(np.floor(degrees / 90.0 + 0.5))
+    return normalise_k(turns), degrees - 90.0 * turns
+
+
+def free_rotated_size(size: tuple[int, int], degrees: float) -> tuple[int, int]:
+    """``(height, width)`` of an image of ``size = (H, W)`` after :func:`rotate_image_free` by ``degrees``."""
+    k, residual = split_degrees(degrees)
+    return _tilt(rotated_size(size, k), residual)[1]
+
+
+def rotate_image_free(image: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate a uint8 ``H x W`` or ``H x W x 3`` image by any angle, counter-clockwise as displayed.
+
+    The quarter turns are exact (:func:`rotate_image`); a non-zero residual tilt is applied about the image centre
+    with bilinear interpolation on a canvas enlarged to hold the whole tilted picture (size
+    :func:`free_rotated_size`), the uncovered corners black. Returns a new uint8 array.
+    """
+    k, residual = split_degrees(degrees)
+    turned = rotate_image(image, k)
+    if residual == 0:
+        return turned
+    forward, (height, width) = _tilt(turned.shape[:2], residual)
+    inverse = np.linalg.inv(np.vstack([forward, [0.0, 0.0, 1.0]]))[:2]
+    # PIL samples the input at inverse @ (x, y, 1) for each output pixel centre (x, y), in the same continuous
+    # pixel coordinates as this module (centres at i + 0.5).
+    tilted = Image.fromarray(turned).transform((width, height), Image.Transform.AFFINE, data=inverse.ravel().tolist(),
+                                              resample=Image.Resampling.BILINEAR, fillcolor=0)
+    return np.asarray(tilted, dtype=np.uint8).copy()
+
+
+def rotate_points_free(points: np.ndarray, degrees: float, size: tuple[int, int]) -> np.ndarray:
+    """Map ``N x 2`` points (x, y) of an image of ``size = (H, W)`` into the frame of
+    ``rotate_image_free(image, degrees)``. Returns a new float64 ``N x 2`` array."""
+    k, residual = split_degrees(degrees)
+    turned = rotate_points(points, k, size)
+    forward, _ = _tilt(rotated_size(size, k), residual)
+    return turned @ forward[:, :2].T + forward[:, 2]
+
+
+def unrotate_points_free(points: np.ndarray, degrees: float, size: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`rotate_points_free`; ``size = (H, W)`` is the size *before* the rotation. Points outside
+    the photo (in the black corners of a tilt) map outside ``[0, W] x [0, H]``."""
+    k, residual = split_degrees(degrees)
+    turned_size = rotated_size(size, k)
+    forward, _ = _tilt(turned_size, residual)
+    untilted = (np.asarray(points, dtype=np.float64).reshape(-1, 2) - forward[:, 2]) @ np.linalg.inv(forward[:, :2]).T
+    return unrotate_points(untilted, k, size)
+
+
+def _tilt(size: tuple[int, int], residual_deg: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """The ``2 x 3`` affine map (continuous x, y) of a tilt by ``residual_deg`` counter-clockwise about the centre of an
+    image of ``size = (H, W)``, and the ``(H', W')`` of the enlarged canvas that holds the result."""
+    height, width = size
+    theta = np.deg2rad(residual_deg)
+    cos, sin = np.cos(theta), np.sin(theta)
+    # Rounding off float noise (to a millionth of a pixel) first, so that a canvas that fits exactly does not grow
+    # by a pixel.
+    new_width = int(np.ceil(round(width * abs(cos) + height * abs(sin), 6)))
+    new_height = int(np.ceil(round(width * abs(sin) + height * abs(cos), 6)))
+    # Counter-clockwise as displayed, with y pointing down: (dx, dy) -> (dx cos + dy sin, -dx sin + dy cos).
+    rotation = np.array([[cos, sin], [-sin, cos]])
+    shift = np.array([new_width / 2, new_height / 2]) - rotation @ np.array([width / 2, height / 2])
+    return np.column_stack([rotation, shift]), (new_height, new_width)

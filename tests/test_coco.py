@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from canon.__main__ import main
-from canon.coco import encode_rle, evaluate_coco
+from canon.coco import evaluate_coco
+from canon.maskio import encode_rle
 from canon.segmenter import EquivariantSegmenter
 from test_convert import WHEEL
 

@@ -99,3 +99,64 @@ def test_k_from_degrees(degrees, k):
 def test_k_from_degrees_refuses_other_angles(degrees):
     with pytest.raises(ValueError):
         geometry.k_from_degrees(degrees)
+
+
+# --- free angles ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("degrees, k, residual", [(0, 0, 0), (90, 1, 0), (100, 1, 10), (44, 0, 44), (45, 1, -45),
+                                                  (-45, 0, -45), (-100, 3, -10), (270, 3, 0), (359, 0, -1)])
+def test_split_degrees(degrees, k, residual):
+    assert geometry.split_degrees(degrees) == (k, pytest.approx(residual))
+
+
+def test_split_degrees_refuses_non_finite_angles():
+    with pytest.raises(ValueError):
+        geometry.split_degrees(float("nan"))
+
+
+@given(images(), ks)
+def test_free_rotation_by_quarter_turns_is_the_exact_one(image, k):
+    assert np.array_equal(geometry.rotate_image_free(image, 90 * k), geometry.rotate_image(image, k))
+
+
+@given(st.data(), sizes, ks)
+def test_free_rotation_of_points_by_quarter_turns_is_the_exact_one(data, size, k):
+    pts = data.draw(points(size))
+    assert np.array_equal(geometry.rotate_points_free(pts, 90 * k, size), geometry.rotate_points(pts, k, size))
+
+
+@given(st.data(), sizes, st.floats(-720, 720, allow_nan=False))
+def test_free_rotation_of_points_round_trips(data, size, degrees):
+    pts = data.draw(points(size))
+    turned = geometry.rotate_points_free(pts, degrees, size)
+    np.testing.assert_allclose(geometry.unrotate_points_free(turned, degrees, size), pts, atol=1e-9)
+    # The photo lands inside the enlarged canvas (whose size is rounded to a millionth of a pixel first).
+    height, width = geometry.free_rotated_size(size, degrees)
+    assert np.all((turned >= -1e-6) & (turned <= np.array([width, height]) + 1e-6))
+
+
+@pytest.mark.parametrize("size, degrees, expected", [((100, 100), 45, (142, 142)), ((480, 640), 100, (714, 584)),
+                                                     ((480, 640), 180, (480, 640)), ((3, 5), 30, (6, 6))])
+def test_free_rotation_enlarges_the_canvas(size, degrees, expected):
+    assert geometry.free_rotated_size(size, degrees) == expected
+    assert geometry.rotate_image_free(np.zeros((*size, 3), np.uint8), degrees).shape == (*expected, 3)
+
+
+@pytest.mark.parametrize("degrees", [10, -30, 100, 217])
+def test_free_rotation_moves_pixels_where_points_go(degrees):
+    """A bright square's centre of mass after the image tilt is where the point map sends the square's centre."""
+    image = np.zeros((60, 80), np.uint8)
+    image[14:20, 49:55] = 255  # centre (52, 17) in continuous coordinates
+    turned = geometry.rotate_image_free(image, degrees).astype(float)
+    ys, xs = np.indices(turned.shape)
+    centroid = np.array([(xs * turned).sum(), (ys * turned).sum()]) / turned.sum() + 0.5
+    expected = geometry.rotate_points_free([[52.0, 17.0]], degrees, image.shape)[0]
+    np.testing.assert_allclose(centroid, expected, atol=0.05)
+
+
+def test_free_rotation_corners_are_outside_the_photo():
+    size = (60, 80)
+    canvas_corner = geometry.unrotate_points_free([[0.5, 0.5]], 30, size)[0]
+    assert not (0 <= canvas_corner[0] <= 80 and 0 <= canvas_corner[1] <= 60)
+    assert geometry.rotate_image_free(np.full((*size, 3), 200, np.uint8), 30)[0, 0].tolist() == [0, 0, 0]

@@ -1,0 +1,336 @@
+"""What the Gradio demo does, without Gradio: the models it serves, one visitor's session, and its actions.
+
+``app.py`` lays these out on a page. Everything here is plain Python and numpy, so it is tested without a browser.
+
+Frames. A session keeps the photo upright, as uploaded, and every click in the photo's frame (continuous pixel
+coordinates, see :mod:`canon.geometry`). The *view* is the photo rotated by the session's angle (any angle: exact
+quarter turns, then a residual tilt with interpolation); prompts are mapped into the view when SAM runs, so turning
+the photo keeps the clicks on the same object. A sweep's *reference* is the photo with the residual tilt only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from . import geometry, maskio
+from .canonicalizer import Canonicalization, Canonicalizer
+from .images import load_image
+from .models import ModelUnavailableError
+from .render import mask_iou
+from .segmenter import MAX_POINTS, DualResult, EquivariantSegmenter, PathResult, Prompts, SamBackend, SweepEntry
+
+MAX_SIDE = 1600  # longer photos are shrunk for the page; SAM and the canonicalizer work at 1024 px anyway
+UNSURE_BELOW = 0.5  # a canonicalization whose top probability is lower is flagged as unsure
+CLICK_KINDS = ("object", "background", "corner")  # a point on the object, a point off it, a corner of the box
+
+
+# ------------------------------------------------------------------------------------------------------- models
+
+
+class Models:
+    """The models one app serves: the canonicalizer, loaded up front (8 MB), and SAM backends loaded on first use.
+
+    ``sam_sources`` maps the names offered to visitors to a registry name or a local ``.pth`` (loaded on first use
+    with :meth:`SamBackend.load`, downloading from the Hub if need be) or to an already built :class:`SamBackend`
+    (kept for good). At most ``max_loaded`` SAMs loaded on demand stay in memory, least recently used dropped first
+    (ViT-H alone takes 2.5 GB). A failure to get one is remembered for ``retry_after_s``, so that a machine without
+    the Hub does not wait for it on every click. Thread-safe.
+    """
+
+    def __init__(self, canonicalizer: Canonicalizer, sam_sources: dict[str, str | SamBackend],
+                 default_sam: str | None = None, device: str = "auto", max_loaded: int = 1,
+                 retry_after_s: float = 60.0):
+        if not sam_sources:
+            raise ValueError("no SAM to offer")
+        self.canonicalizer = canonicalizer
+        self.sam_sources = dict(sam_sources)
+        self.default_sam = default_sam or next(iter(self.sam_sources))
+        self.device, self.max_loaded, self.retry_after_s = device, max_loaded, retry_after_s
+        self._loaded: OrderedDict[str, SamBackend] = OrderedDict()
+        self._failures: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def sam_choices(self) -> list[str]:
+        return list(self.sam_sources)
+
+    def sam(self, choice: str) -> SamBackend:
+        """The SAM backend offered as ``choice``, loaded (and downloaded) if need be; raise
+        :class:`ModelUnavailableError` with one sentence when it cannot be had."""
+        source = self.sam_sources.get(choice)
+        if source is None:
+            raise ModelUnavailableError(f"unknown SAM {choice!r}: choose one of {', '.join(self.sam_sources)}.")
+        if isinstance(source, SamBackend):
+            return source
+        with self._lock:
+            if choice in self._loaded:
+                self._loaded.move_to_end(choice)
+                return self._loaded[choice]
+            failed_at, message = self._failures.get(choice, (-np.inf, ""))
+            if time.monotonic() - failed_at < self.retry_after_s:
+                raise ModelUnavailableError(message)
+            try:
+                backend = SamBackend.load(source, device=self.device)
+            except ModelUnavailableError as error:
+                self._failures[choice] = (time.monotonic(), str(error))
+                raise
+            self._failures.pop(choice, None)
+            self._loaded[choice] = backend
+            while len(self._loaded) > self.max_loaded:
+                self._loaded.popitem(last=False)
+            return backend
+
+    def segmenter(self, choice: str) -> EquivariantSegmenter:
+        return EquivariantSegmenter(self.canonicalizer, self.sam(choice))
+
+
+# ------------------------------------------------------------------------------------------------------ session
+
+
+def prepare_photo(source, max_side: int = MAX_SIDE) -> tuple[np.ndarray, str]:
+    """Decode an upload (path, bytes or PIL image; see :func:`canon.images.load_image`, whose ``ImageError`` it
+    raises) into an ``H x W x 3`` uint8 photo with its longest side at most ``max_side``; also return a short note
+    for the visitor ("" when the photo was kept as it is)."""
+    photo = load_image(source)
+    height, width = photo.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return photo, ""
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    shrunk = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS))
+    return shrunk, f"shrunk from {width}x{height} to {size[0]}x{size[1]} pixels for the page"
+
+
+@dataclass(frozen=True)
+class Click:
+    """One click, in the upright photo's frame (continuous pixel coordinates); ``kind`` is one of CLICK_KINDS."""
+
+    x: float
+    y: float
+    kind: str
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing sessions would compare photos element by element
+class Session:
+    """One visitor's state: the upright photo (``H x W x 3`` uint8, or None), the angle it is shown at (degrees,
+    counter-clockwise), the clicks in order, and whether "segment everything" is what SAM was last asked.
+
+    Immutable: every change returns a new session. Corner clicks pair up into a box; the last complete pair is the
+    box, a last unpaired corner waits for its partner.
+    """
+
+    photo: np.ndarray | None = None
+    angle: float = 0.0
+    clicks: tuple[Click, ...] = ()
+    everything: bool = False
+
+    def with_photo(self, photo: np.ndarray) -> "Session":
+        return Session(photo=photo, angle=self.angle)
+
+    def rotated_to(self, angle: float) -> "Session":
+        geometry.split_degrees(angle)  # raises on a non-finite angle
+        return replace(self, angle=float(angle))
+
+    def clicked(self, x: float, y: float, kind: str) -> "Session":
+        """Add a click at ``(x, y)`` in the *view*'s continuous pixel coordinates; raise ``ValueError`` (one
+        sentence) for a click off the photo or one point too many."""
+        if kind not in CLICK_KINDS:
+            raise ValueError(f"unknown kind of click {kind!r}")
+        if self.photo is None:
+            raise ValueError("upload a photo first")
+        if kind != "corner" and len(self._points()) >= MAX_POINTS:
+            raise ValueError(f"at most {MAX_POINTS} points are accepted; undo or clear some first")
+        height, width = self.photo.shape[:2]
+        (px, py), = geometry.unrotate_points_free([[x, y]], self.angle, (height, width))
+        if not (0 <= px <= width and 0 <= py <= height):
+            raise ValueError("that click is in a corner the tilt left black, outside the photo: click on the photo")
+        return replace(self, clicks=self.clicks + (Click(float(px), float(py), kind),), everything=False)
+
+    def prompted(self, prompts: Prompts) -> "Session":
+        """The session with ``prompts``, given in the upright photo's frame, as its only clicks (a box becomes two
+        corners); raise ``ValueError`` (one sentence) for prompts off the photo or none at all."""
+        if self.photo is None:
+            raise ValueError("upload a photo first")
+        prompts.validate(self.photo.shape[:2])
+        if prompts.empty:
+            raise ValueError("give at least one point or a box")
+        clicks = [Click(float(x), float(y), "object" if label == 1 else "background")
+                  for (x, y), label in zip(prompts.points, prompts.labels)]
+        if prompts.box is not None:
+            x0, y0, x1, y1 = prompts.box.tolist()
+            clicks += [Click(x0, y0, "corner"), Click(x1, y1, "corner")]
+        return replace(self, clicks=tuple(clicks), everything=False)
+
+    def undone(self) -> "Session":
+        return replace(self, clicks=self.clicks[:-1], everything=False)
+
+    def cleared(self) -> "Session":
+        return replace(self, clicks=(), everything=False)
+
+    def asking_everything(self) -> "Session":
+        return replace(self, clicks=(), everything=True)
+
+    @property
+    def has_prompts(self) -> bool:
+        """Whether SAM has something to go on: a point or a complete box."""
+        return bool(self._points()) or len(self._corners()) >= 2
+
+    def view(self) -> np.ndarray:
+        """The photo as shown: rotated by :attr:`angle`."""
+        return geometry.rotate_image_free(self.photo, self.angle)
+
+    def reference(self) -> np.ndarray:
+        """The photo with the residual tilt only: the upright frame of a sweep."""
+        return geometry.rotate_image_free(self.photo, self.residual_deg)
+
+    @property
+    def residual_deg(self) -> float:
+        return geometry.split_degrees(self.angle)[1]
+
+    def prompts(self, frame: str = "view") -> Prompts:
+        """The clicks as SAM prompts in the ``"view"`` or ``"reference"`` frame."""
+        to_frame = self._mapper(frame)
+        points = self._points()
+        corners = self._corners()
+        complete = corners[:len(corners) // 2 * 2]
+        box = None
+        if complete:
+            pair = to_frame([(c.x, c.y) for c in complete[-2:]])
+            box = np.concatenate([pair.min(axis=0), pair.max(axis=0)])
+        return Prompts.make(to_frame([(c.x, c.y) for c in points]), [int(c.kind == "object") for c in points], box)
+
+    def pending_corner(self, frame: str = "view") -> np.ndarray | None:
+        """The unpaired last corner, ``(x, y)`` in ``frame``, or None."""
+        corners = self._corners()
+        return self._mapper(frame)([(corners[-1].x, corners[-1].y)])[0] if len(corners) % 2 else None
+
+    def _mapper(self, frame: str):
+        angle = {"view": self.angle, "reference": self.residual_deg}[frame]
+        size = self.photo.shape[:2]
+        return lambda xy: geometry.rotate_points_free(np.reshape(xy, (-1, 2)), angle, size)
+
+    def _points(self) -> list[Click]:
+        return [c for c in self.clicks if c.kind != "corner"]
+
+    def _corners(self) -> list[Click]:
+        return [c for c in self.clicks if c.kind == "corner"]
+
+
+# ------------------------------------------------------------------------------------------------------ actions
+
+
+@dataclass
+class Outcome:
+    """What one request produced: the view it ran on, the canonicalizer's decision, and SAM's results.
+
+    ``result`` is None when SAM was not asked (no prompts yet) or could not run; ``sam_error`` then says why, in
+    one sentence, in the second case. ``agreement`` is the IoU of the two paths' best masks (for "segment
+    everything", of the areas the masks cover), or None without results.
+    """
+
+    view: np.ndarray
+    canonicalization: Canonicalization
+    residual_deg: float
+    result: DualResult | None = None
+    sam_error: str | None = None
+    agreement: float | None = None
+
+    @property
+    def unsure(self) -> bool:
+        return is_unsure(self.canonicalization)
+
+
+def is_unsure(decision: Canonicalization) -> bool:
+    """Whether the canonicalizer's top probability is too low to trust its choice (below UNSURE_BELOW)."""
+    return decision.confidence < UNSURE_BELOW
+
+
+def run(models: Models, session: Session, sam_choice: str, multimask: bool = True,
+        everything_options: dict | None = None) -> Outcome:
+    """Canonicalize the session's view and, when it holds prompts or asks for everything, run both SAM paths.
+
+    A SAM that cannot be had leaves the canonicalizer's part intact (``sam_error``); bad prompts raise
+    ``ValueError``. ``everything_options`` go to :meth:`EquivariantSegmenter.segment_everything` (e.g.
+    ``points_per_side``).
+    """
+    view = session.view()
+    if not (session.has_prompts or session.everything):
+        return Outcome(view, models.canonicalizer.canonicalize(view), session.residual_deg)
+    try:
+        segmenter = models.segmenter(sam_choice)
+    except ModelUnavailableError as error:
+        return Outcome(view, models.canonicalizer.canonicalize(view), session.residual_deg, sam_error=str(error))
+    if session.everything:
+        result = segmenter.segment_everything(view, **(everything_options or {}))
+        agreement = mask_iou(result.sam.masks.any(axis=0), result.canonicalized.masks.any(axis=0))
+    else:
+        result = segmenter.segment(view, session.prompts(), multimask)
+        agreement = mask_iou(result.sam.masks[0], result.canonicalized.masks[0])
+    return Outcome(view, result.canonicalization, session.residual_deg, result, agreement=agreement)
+
+
+def sweep(models: Models, session: Session, sam_choice: str, multimask: bool = True) -> list[SweepEntry]:
+    """The session's prompts on its reference image turned by 0, 90, 180 and 270 degrees, both paths, results in
+    the reference frame (see :meth:`EquivariantSegmenter.sweep`). Raises ``ValueError`` without prompts and
+    :class:`ModelUnavailableError` without SAM."""
+    if not session.has_prompts:
+        raise ValueError("add a point or a box first: a sweep repeats your prompts at every rotation")
+    return models.segmenter(sam_choice).sweep(session.reference(), session.prompts("reference"), multimask)
+
+
+# ------------------------------------------------------------------------------------------- drawing, downloads
+
+
+def draw_prompts(image: np.ndarray, prompts: Prompts, pending: np.ndarray | None = None) -> np.ndarray:
+    """Mark prompts (in ``image``'s frame) on a copy of an ``H x W x 3`` uint8 image: object points as green
+    discs, background points as red discs, the box as a white-edged rectangle, an unpaired corner as a cross."""
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    radius = max(5, round(max(image.shape[:2]) / 70))
+    if prompts.box is not None:
+        x0, y0, x1, y1 = prompts.box
+        draw.rectangle([x0, y0, x1, y1], outline=(0, 0, 0), width=radius // 2 + 2)
+        draw.rectangle([x0, y0, x1, y1], outline=(255, 255, 255), width=max(1, radius // 3))
+    if pending is not None:
+        x, y = pending
+        for dx, dy in ((radius, radius), (radius, -radius)):
+            draw.line([x - dx, y - dy, x + dx, y + dy], fill=(255, 255, 255), width=max(2, radius // 3))
+    for (x, y), label in zip(prompts.points, prompts.labels):
+        colour = (0, 200, 80) if label == 1 else (230, 40, 40)
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour, outline=(255, 255, 255),
+                     width=max(1, radius // 4))
+    return np.asarray(canvas).copy()
+
+
+class ExportFolder:
+    """A private temporary folder for mask downloads that keeps the ``keep`` most recent exports only.
+
+    Gradio copies a returned file into its own cache at once, so an older export is no longer needed; the folder
+    goes when the process ends.
+    """
+
+    def __init__(self, keep: int = 32):
+        self.keep = keep
+        self._root = tempfile.TemporaryDirectory(prefix="canon-masks-")
+        self._exports: deque[Path] = deque()
+        self._lock = threading.Lock()
+
+    def save(self, results: dict[str, PathResult], **info) -> list[Path]:
+        """Write each named result's masks as ``<name>.png`` and ``<name>.json`` (see :mod:`canon.maskio`) into a
+        fresh subfolder; ``info`` goes into every JSON. Returns the paths."""
+        with self._lock:
+            folder = Path(tempfile.mkdtemp(dir=self._root.name))
+            self._exports.append(folder)
+            while len(self._exports) > self.keep:
+                shutil.rmtree(self._exports.popleft(), ignore_errors=True)
+        return [path for name, result in results.items()
+                for path in maskio.save_masks(folder, name, result.masks, result.scores, path=name, **info)]
