@@ -80,7 +80,7 @@ identity rotation on upright COCO photos), SAM frozen.
 Measured by `python -m canon evaluate orientation --images ../shared/data/upright --model wrn-c4-paper` on the 215
 public-domain photos of the project's `shared/data/upright/` (2-core AMD EPYC CPU, no GPU): the upright orientation is
 recovered for 174 of 215 photos (80.9 %), the same for each of the four rotations (the pipeline is exactly
-equivariant); about 2.4 s per photo on that CPU.
+equivariant); about 2.5 s per photo on that CPU (`python -m canon bench`).
 """
 
 
