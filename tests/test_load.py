@@ -29,9 +29,10 @@ SESSIONS = 20
 CLICKS_PER_SESSION = 3  # plus one /canonicalize: 4 requests per session
 SEQUENTIAL = 200
 SOURCES = sorted((REPO / "examples").glob("*.jpg"))
-# The server process's resident memory after the concurrent run must stay below this (stand-in SAM, paper
-# canonicalizer, torch and Gradio: about 1 GB measured; a leak of the 80 results' images would not hide under it).
-RSS_BOUND_MB = 2500
+# The app runs inside the pytest process, whose memory before this test depends on what ran before it; so the bound is
+# on what the load adds: at most this much over the RSS at the start of the test (about 1.0-1.1 GB measured alone and
+# in the full suite; a leak of the 80 results' images would not hide under it).
+RSS_BOUND_MB = 1500
 # Growth allowed between sequential request 50 and 200 (allocator noise; a per-request leak of the ~1 MB image
 # each returns would add 150 MB).
 RSS_GROWTH_MB = 40
@@ -79,7 +80,8 @@ def test_concurrent_sessions_then_sequential_requests(models, tmp_path, capsys):
     plans = [_plan(i, size) for i, (_, size) in enumerate(photos)]
     latencies: dict[str, list[float]] = {"concurrent": [], "sequential": []}
     lock = threading.Lock()
-    peak = [_rss_mb()]
+    start_rss = _rss_mb()
+    peak = [start_rss]
     stop = threading.Event()
 
     def watch_memory():
@@ -172,9 +174,10 @@ def test_concurrent_sessions_then_sequential_requests(models, tmp_path, capsys):
     line = (f"LOAD: concurrent {SESSIONS} sessions x {1 + CLICKS_PER_SESSION} requests = {concurrent_requests} in "
             f"{concurrent_s:.1f} s, {concurrent_requests / concurrent_s:.2f} req/s, latency {percentiles('concurrent')}"
             f" | sequential {SEQUENTIAL} /canonicalize in {sequential_s:.1f} s, {SEQUENTIAL / sequential_s:.1f} "
-            f"req/s, latency {percentiles('sequential')} | peak RSS {peak[0]:.0f} MB (after concurrent run "
+            f"req/s, latency {percentiles('sequential')} | peak RSS {peak[0]:.0f} MB, {peak[0] - start_rss:+.0f} MB over "
+            f"the test's start (after concurrent run "
             f"{concurrent_rss:.0f} MB) | RSS growth from sequential request 50 to {SEQUENTIAL}: {growth:+.1f} MB")
     with capsys.disabled():
         print("\n" + line)
-    assert peak[0] < RSS_BOUND_MB, line
+    assert peak[0] - start_rss < RSS_BOUND_MB, line
     assert growth < RSS_GROWTH_MB, line
