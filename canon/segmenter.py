@@ -334,25 +334,25 @@ class EquivariantSegmenter:
     def segment(self, image: np.ndarray, prompts: Prompts, multimask: bool = True) -> DualResult:
         """Both paths for point/box ``prompts`` given in the frame of ``image`` (``H x W x 3`` uint8)."""
         prompts.validate(image.shape[:2])
-        plain = self.sam.predict(image, prompts, multimask)
-        decision = self.canonicalizer.canonicalize(image)
-        canonical = self.sam.predict(decision.canonical_image, prompts.rotated(-decision.k, image.shape[:2]),
-                                     multimask)
-        return DualResult(plain, self._mapped_back(canonical, decision.k), decision)
+        return self._both_paths(image, lambda shown, k: self.sam.predict(
+            shown, prompts.rotated(-k, image.shape[:2]), multimask))
 
     def segment_boxes(self, image: np.ndarray, boxes: np.ndarray) -> DualResult:
         """Both paths, one mask per box (``N x 4``, in the frame of ``image``); see :meth:`SamBackend.predict_boxes`."""
-        plain = self.sam.predict_boxes(image, boxes)
-        decision = self.canonicalizer.canonicalize(image)
-        canonical = self.sam.predict_boxes(decision.canonical_image,
-                                           geometry.rotate_boxes(boxes, -decision.k, image.shape[:2]))
-        return DualResult(plain, self._mapped_back(canonical, decision.k), decision)
+        return self._both_paths(image, lambda shown, k: self.sam.predict_boxes(
+            shown, geometry.rotate_boxes(boxes, -k, image.shape[:2])))
 
     def segment_everything(self, image: np.ndarray, points_per_side: int = 16, **generator_options) -> DualResult:
         """Both paths in "segment everything" mode (see :meth:`SamBackend.everything`)."""
-        plain = self.sam.everything(image, points_per_side, **generator_options)
+        return self._both_paths(image, lambda shown, k: self.sam.everything(shown, points_per_side,
+                                                                             **generator_options))
+
+    def _both_paths(self, image: np.ndarray, run) -> DualResult:
+        """``run(shown, k)`` answers the request on ``shown``, which is ``image`` turned by ``-k`` quarter turns
+        (prompts are mapped inside ``run``): once on ``image`` itself, once on the canonical image, mapped back."""
+        plain = run(image, 0)
         decision = self.canonicalizer.canonicalize(image)
-        canonical = self.sam.everything(decision.canonical_image, points_per_side, **generator_options)
+        canonical = run(decision.canonical_image, decision.k)
         return DualResult(plain, self._mapped_back(canonical, decision.k), decision)
 
     def sweep(self, image: np.ndarray, prompts: Prompts, multimask: bool = True) -> list[SweepEntry]:
