@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     bench.add_argument("--json", required=True, help="where to write the figures")
     bench.add_argument("--plot", default=None, help="also draw the time breakdown into this PNG")
+    bench.add_argument("--app", action="store_true",
+                       help="also measure the peak memory of app.py (a child process) serving one click with --sam")
 
     train = commands.add_parser("train", help="train a canonicalizer with the canonicalization prior")
     train.add_argument("--images", required=True, help="folder of upright photos (split into train/validation)")
@@ -256,7 +258,7 @@ def _evaluate(args) -> None:
 
 
 def _bench(args) -> None:
-    from .bench import bench_table, benchmark
+    from .bench import app_peak_memory, bench_table, benchmark
     from .models import default_canonicalizer
     from .segmenter import SAM_ARCHITECTURES
 
@@ -267,6 +269,8 @@ def _bench(args) -> None:
     target = _json_target(args.json)
     names = args.canonicalizer or list(dict.fromkeys([default_canonicalizer(), "wrn-c4-paper"]))
     summary = benchmark(args.sam, tuple(names), repeats=args.repeats, device=args.device)
+    if args.app:
+        summary |= app_peak_memory(args.sam)
     _write_summary(target, summary, bench_table(summary))
     if args.plot:
         from .plots import plot_bench

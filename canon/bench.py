@@ -10,8 +10,13 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +27,8 @@ from .render import overlay
 from .segmenter import SAM_ARCHITECTURES, EquivariantSegmenter, Prompts, SamBackend, build_sam, pick_device
 
 BENCH_IMAGE_SIZE = (768, 1024)  # a 4:3 landscape photo at SAM's working resolution
+REPO = Path(__file__).resolve().parents[1]
+APP_PHOTO = REPO / "examples" / "animals_horse.jpg"
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -107,6 +114,69 @@ def benchmark(sam_model: str = "vit_b", canonicalizers: tuple[str, ...] = ("wrn-
     }
 
 
+def app_peak_memory(sam_model: str = "vit_b", photo: Path = APP_PHOTO, angle: float = 90.0,
+                    timeout_s: float = 600.0) -> dict:
+    """Peak memory of the real app serving one request with ``sam_model``: ``app.py`` runs in a child process with
+    a random-weight checkpoint of that architecture (memory does not depend on weight values), and ``photo`` turned
+    by ``angle`` is segmented through its ``/segment`` API with one click at the photo's centre (both SAM paths,
+    two image embeddings, the canonicalizer, the overlays). Returns ``{"app_peak_rss_mb", "app_request_ms"}``,
+    the peak read from the child's ``VmHWM`` (Linux)."""
+    from gradio_client import handle_file
+
+    from .images import load_image
+
+    app = REPO / "app.py"
+    if not app.is_file():
+        raise FileNotFoundError(f"{app} is missing: the app benchmark runs from a checkout of the repository")
+    height, width = load_image(photo).shape[:2]
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = Path(folder) / f"sam_{sam_model}_random.pth"
+        torch.manual_seed(0)
+        torch.save(build_sam(SAM_ARCHITECTURES[sam_model]).state_dict(), checkpoint)
+        port = _free_port()
+        server = subprocess.Popen([sys.executable, str(app), "--sam", str(checkpoint), "--port", str(port)],
+                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        try:
+            client = _connect(f"http://127.0.0.1:{port}/", server, time.monotonic() + timeout_s)
+            start = time.perf_counter()
+            client.predict(handle_file(str(photo)), angle, f"[[{width / 2}, {height / 2}, 1]]", "", "", True,
+                           api_name="/segment")
+            request_ms = (time.perf_counter() - start) * 1000.0
+            return {"app_peak_rss_mb": _peak_rss_of(server.pid), "app_request_ms": request_ms}
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _connect(url: str, server: subprocess.Popen, deadline: float):
+    from gradio_client import Client
+
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"app.py exited with status {server.returncode}: {server.stderr.read()[-2000:]}")
+        try:
+            return Client(url, verbose=False)
+        except Exception:  # not listening yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"app.py did not answer on {url} in time") from None
+            time.sleep(1.0)
+
+
+def _peak_rss_of(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024.0  # kB
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
@@ -136,4 +206,7 @@ def bench_table(summary: dict) -> str:
              f"| parameters ({summary['canonicalizer']} / SAM) | {100 * summary['params_ratio']:.2f} % |",
              f"| peak memory (RSS): SAM encoder, then everything above | {summary['sam_peak_rss_mb']:.0f} MB, "
              f"{summary['peak_rss_mb']:.0f} MB |"]
+    if "app_peak_rss_mb" in summary:
+        rows += [f"| app.py serving one click on a turned photo: peak memory (RSS), request time | "
+                 f"{summary['app_peak_rss_mb']:.0f} MB, {summary['app_request_ms']:.0f} ms |"]
     return "\n".join(rows) + f"\n\n{summary['machine']}; medians of {summary['repeats']} runs"

@@ -25,6 +25,7 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from . import geometry
+from .attention import bound_attention_memory
 from .canonicalizer import Canonicalization, Canonicalizer, image_digest
 from .models import ModelUnavailableError
 
@@ -247,6 +248,7 @@ class SamBackend:
         self.name = name
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        bound_attention_memory(self.model)  # the same embeddings for a fraction of the encoder's peak memory
         with torch.inference_mode():
             dense_pe = self.model.prompt_encoder.get_dense_pe()
         # The decoder's positional encoding depends on fixed buffers only; SAM recomputes it on every click.

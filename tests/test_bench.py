@@ -21,3 +21,13 @@ def test_bench_writes_the_figures_and_the_plot(tmp_path, capsys):
 def test_bench_refuses_an_unknown_architecture(capsys):
     assert main(["bench", "--sam", "vit_x", "--json", "unused.json"]) == 2
     assert capsys.readouterr().err.startswith("error: --sam takes one of vit_b")
+
+
+def test_app_peak_memory_serves_a_click_with_vit_b_in_a_child_process():
+    from canon.bench import app_peak_memory
+
+    figures = app_peak_memory("vit_b")
+    print(f"app.py with SAM ViT-B, one click on a turned photo: peak RSS {figures['app_peak_rss_mb']:.0f} MB, "
+          f"request {figures['app_request_ms']:.0f} ms")
+    assert figures["app_peak_rss_mb"] > 400  # the ViT-B weights alone are 360 MB: the child really loaded them
+    assert figures["app_request_ms"] > 0
