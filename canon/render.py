@@ -9,16 +9,42 @@ PALETTE = np.array([(0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167)
                     (240, 228, 66), (0, 0, 0)], dtype=np.float32)
 
 
+_MASKS_PER_PASS = 8  # a pass's look-up table has 2 ** 8 covering patterns x 256 values x 3 channels
+_LEVELS = np.arange(256, dtype=np.uint8)[:, None].repeat(3, axis=1)  # every value in every channel
+
+
 def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend ``N x H x W`` bool masks over an ``H x W x 3`` uint8 image; mask ``i`` gets ``PALETTE[i % 8]``, drawn
-    from last to first so that mask 0 (SAM's best) lies on top. Returns a new ``H x W x 3`` uint8 image."""
+    from last to first so that mask 0 (SAM's best) lies on top. Returns a new ``H x W x 3`` uint8 image.
+
+    Each pixel's result depends only on its value and on which masks cover it, so up to 8 masks are drawn in one
+    pass: a look-up table holds, for every covering pattern and value, what blending those masks one after the other
+    makes of it (the same float arithmetic and rounding as drawing them one by one).
+    """
     out = image.copy()
-    for index in range(len(masks) - 1, -1, -1):
-        region = masks[index].astype(bool, copy=False)
-        # Blend only the masked pixels: a click redraws two panels, so whole-image float passes add up.
-        blended = (1 - alpha) * out[region] + alpha * PALETTE[index % len(PALETTE)]
-        out[region] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    for stop in range(len(masks), 0, -_MASKS_PER_PASS):
+        indices = range(max(0, stop - _MASKS_PER_PASS), stop)
+        pattern = np.zeros(image.shape[:2], np.uint8)  # bit b set: mask indices[b] covers the pixel
+        for bit, index in enumerate(indices):
+            pattern |= masks[index].astype(np.uint8, copy=False) << bit
+        lookup = out.astype(np.int32) * 3 + np.arange(3, dtype=np.int32)  # flat index into a 256 x 3 table
+        lookup += (pattern.astype(np.int32) * (256 * 3))[..., None]
+        np.take(_blend_table(indices, alpha).reshape(-1), lookup, out=out)
     return out
+
+
+def _blend_table(indices: range, alpha: float) -> np.ndarray:
+    """``2**len(indices) x 256 x 3`` uint8: each value after blending the masks of each covering pattern, last
+    first, with rounding after each mask as when drawn one by one."""
+    table = np.empty((2 ** len(indices), 256, 3), np.uint8)
+    for pattern in range(len(table)):
+        values = _LEVELS
+        for bit in range(len(indices) - 1, -1, -1):
+            if pattern >> bit & 1:
+                blended = (1 - alpha) * values + alpha * PALETTE[indices[bit] % len(PALETTE)]
+                values = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+        table[pattern] = values
+    return table
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -354,7 +354,10 @@ class EquivariantSegmenter:
         (prompts are mapped inside ``run``): once on ``image`` itself, once on the canonical image, mapped back."""
         plain = run(image, 0)
         decision = self.canonicalizer.canonicalize(image)
-        canonical = run(decision.canonical_image, decision.k)
+        if decision.k == 0:  # the canonical image is the input itself: SAM's answer on it is the one just computed
+            canonical = replace(plain, encoder_ms=0.0, decoder_ms=0.0, cached=True)
+        else:
+            canonical = run(decision.canonical_image, decision.k)
         return DualResult(plain, self._mapped_back(canonical, decision.k), decision)
 
     def sweep(self, image: np.ndarray, prompts: Prompts, multimask: bool = True) -> list[SweepEntry]:

@@ -79,6 +79,17 @@ def test_four_rotations_cost_one_canonical_encoder_pass(segmenter, photo):
     assert again.sam.cached and again.canonicalized.cached  # a new click only runs the decoder
 
 
+def test_an_input_that_is_already_canonical_runs_the_decoder_once(segmenter, photo):
+    k = segmenter.canonicalizer.canonicalize(photo).k
+    turned, prompts = geometry.rotate_image(photo, -k), PROMPTS.rotated(-k, photo.shape[:2])  # its canonical image
+    result = segmenter.segment(turned, prompts)
+    assert result.canonicalization.k == 0
+    assert result.canonicalized.decoder_ms == 0.0 and result.canonicalized.cached
+    again = segmenter.sam.predict(turned, prompts)  # what running SAM on the canonical image gives
+    assert np.array_equal(result.canonicalized.masks, again.masks)
+    assert np.array_equal(result.canonicalized.scores, again.scores)
+
+
 def test_multimask_and_single_mask(segmenter, photo):
     multi = segmenter.segment(photo, Prompts.make([[320.5, 240.5]]))
     single = segmenter.segment(photo, Prompts.make(box=[100, 100, 300, 300]), multimask=False)
