@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--group", default="C4", help="rotation group; C4 is what the library serves")
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--crops-per-photo", type=int, default=4)
+    train.add_argument("--input-size", type=int, default=128,
+                       help="side of the network's input in pixels (the paper's 128; the cost goes with its square)")
+    train.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (the paper's 1e-3)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     train.add_argument("--out", required=True, help="folder for the per-epoch checkpoints")
 
@@ -289,10 +292,15 @@ def _train(args) -> None:
         raise CliError("--init paper needs --arch wrn-c4-paper (the weights have that shape)")
     if args.epochs < 1 or args.crops_per_photo < 1:
         raise CliError("--epochs and --crops-per-photo must be at least 1")
+    if not 32 <= args.input_size <= 512:
+        raise CliError("--input-size takes 32 to 512 pixels (the network trims 24 from each side's length)")
+    if not 0 < args.lr < 1:
+        raise CliError("--lr takes a learning rate between 0 and 1")
     files = _photos(args.images)
     _writable_folder(args.out)
-    history = train(files, args.out, arch=args.arch, init=args.init, resume=args.resume,
-                    config=TrainConfig(epochs=args.epochs, crops_per_photo=args.crops_per_photo))
+    history = train(files, args.out, arch=args.arch, init=args.init, resume=args.resume, input_size=args.input_size,
+                    config=TrainConfig(epochs=args.epochs, crops_per_photo=args.crops_per_photo,
+                                       learning_rate=args.lr))
     if history:
         best = max(history, key=lambda h: h["validation_accuracy"])
         print(f"best validation {100 * best['validation_accuracy']:.1f} % at epoch {best['epoch']}: "

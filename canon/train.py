@@ -130,11 +130,13 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def train(files: list[Path], out_dir: str | Path, arch: str = "wrn-c4-small", init: str = "scratch",
-          config: TrainConfig | None = None, resume: bool = False, progress: bool = True) -> list[dict]:
+          config: TrainConfig | None = None, resume: bool = False, progress: bool = True,
+          input_size: int = 128) -> list[dict]:
     """Train on the training side of :func:`split_files`, validate on the other each epoch, save each epoch.
 
     ``init``: ``scratch`` (escnn's initialisation) or ``paper`` (start from ``wrn-c4-paper``'s weights; needs
-    ``arch == "wrn-c4-paper"``). Returns the per-epoch history ``[{"epoch", "loss", "validation_accuracy"}]``.
+    ``arch == "wrn-c4-paper"``). ``input_size``: the network's input side (the paper's 128; a smaller one costs
+    its square less and is saved in the checkpoint's config). Returns the per-epoch history ``[{"epoch", "loss", "validation_accuracy"}]``.
     """
     config = config or TrainConfig()
     if arch not in ARCHITECTURES:
@@ -149,7 +151,7 @@ def train(files: list[Path], out_dir: str | Path, arch: str = "wrn-c4-small", in
     rng = np.random.default_rng(config.seed)
     network_config = dict(ARCHITECTURES[arch], group_order=4)
     canonicalizer_config = dict(architecture="wrn", **network_config, canvas_size=1024, crop_ratio=0.9,
-                                input_size=128)
+                                input_size=input_size)
     model = EscnnWRN(**network_config)
     if init == "paper":
         load_escnn_from_serving(model, Canonicalizer.load("wrn-c4-paper").network)

@@ -46,7 +46,8 @@ def test_train_resume_and_load_the_checkpoint(tmp_path, capsys):
         if (UPRIGHT / name).exists():
             (photos / name).write_bytes((UPRIGHT / name).read_bytes())
     out = tmp_path / "run"
-    common = ["train", "--images", str(photos), "--arch", "wrn-c4-small", "--crops-per-photo", "1", "--out", str(out)]
+    common = ["train", "--images", str(photos), "--arch", "wrn-c4-small", "--crops-per-photo", "1", "--input-size", "64",
+              "--lr", "0.01", "--out", str(out)]
     assert main([*common, "--epochs", "1"]) == 0
     assert main([*common, "--epochs", "2", "--resume"]) == 0
     history = json.loads((out / "epoch-2" / "training.json").read_text())["history"]
@@ -55,6 +56,7 @@ def test_train_resume_and_load_the_checkpoint(tmp_path, capsys):
     assert (out / "epoch-2" / "optimizer.safetensors").exists()
     trained = Canonicalizer.load(str(out / "epoch-2"))
     image = np.random.default_rng(1).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    assert trained.preprocess_config["input_size"] == 64 and trained.preprocess(image).shape == (1, 3, 64, 64)
     decisions = [trained.canonicalize(geometry.rotate_image(image, k)) for k in range(4)]
     assert [d.k for d in decisions] == [(decisions[0].k + k) % 4 for k in range(4)]
     assert "best validation" in capsys.readouterr().out
@@ -64,6 +66,8 @@ def test_train_resume_and_load_the_checkpoint(tmp_path, capsys):
     (["--group", "C8"], "not supported"),
     (["--arch", "resnet"], "--arch takes"),
     (["--init", "paper"], "--init paper needs --arch wrn-c4-paper"),
+    (["--input-size", "8"], "--input-size takes"),
+    (["--lr", "5"], "--lr takes"),
 ])
 def test_train_refuses_what_it_cannot_do(args, message, tmp_path, capsys):
     assert main(["train", "--images", str(UPRIGHT), "--out", str(tmp_path), *args]) == 2
