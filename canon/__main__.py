@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     orientation.add_argument("--images", required=True, help="folder of upright photos")
     orientation.add_argument("--model", default=None, help="canonicalizer name or local folder")
     orientation.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    orientation.add_argument("--input-size", type=int, default=None,
+                             help="run the network on inputs of this side instead of its own (cost goes with its square)")
+    orientation.add_argument("--split", choices=("all", "train", "validation"), default="all",
+                             help="only the photos of one side of the training split (see python -m canon train)")
     orientation.add_argument("--json", required=True, help="where to write the summary")
     orientation.add_argument("--plot", default=None, help="also draw the accuracy per rotation into this PNG")
 
@@ -232,9 +236,20 @@ def _evaluate(args) -> None:
         from .models import default_canonicalizer
         from .segmenter import pick_device
 
+        from .train import split_files
+
+        if args.split != "all":
+            files = split_files(files)[args.split == "validation"]
+            if not files:
+                raise CliError(f"no photo of {args.images} falls on the {args.split} side of the split")
         name = args.model or default_canonicalizer()
-        summary = evaluate.orientation_accuracy(Canonicalizer.load(name, device=pick_device(args.device)), files,
-                                                name)
+        canonicalizer = Canonicalizer.load(name, device=pick_device(args.device))
+        if args.input_size is not None:
+            if not 32 <= args.input_size <= 512:
+                raise CliError("--input-size takes 32 to 512 pixels")
+            canonicalizer.preprocess_config["input_size"] = args.input_size
+            name = f"{name} at {args.input_size} px"
+        summary = evaluate.orientation_accuracy(canonicalizer, files, name)
         _write_summary(target, summary, evaluate.orientation_table(summary))
         if args.plot:
             from .bench import machine_description

@@ -77,6 +77,24 @@ def test_evaluate_orientation_writes_the_summary(tmp_path, capsys):
     assert "| all (2 photos x 4) |" in capsys.readouterr().out
 
 
+def test_evaluate_orientation_on_one_side_of_the_split_at_another_input_size(tmp_path, capsys):
+    from canon.train import split_files
+
+    train, validation = split_files(sorted(UPRIGHT.glob("*.jpg")))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in (train[0], validation[0], validation[1]):
+        (folder / path.name).write_bytes(path.read_bytes())
+    code = main(["evaluate", "orientation", "--images", str(folder), "--model", "wrn-c4-paper", "--input-size", "64",
+                 "--split", "validation", "--device", "cpu", "--json", str(tmp_path / "summary.json")])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["n_images"] == 2 and summary["model"] == "wrn-c4-paper at 64 px"
+    assert main(["evaluate", "orientation", "--images", str(folder), "--input-size", "4",
+                 "--json", str(tmp_path / "other.json")]) == 2
+    assert "--input-size takes" in capsys.readouterr().err
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.text(max_size=40))
 def test_fuzz_prompt_parsing_returns_values_or_a_usage_error(text):
