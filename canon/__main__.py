@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     orientation.add_argument("--model", default=None, help="canonicalizer name or local folder")
     orientation.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     orientation.add_argument("--input-size", type=int, default=None,
-                             help="run the network on inputs of this side instead of its own (cost goes with its square)")
+                             help="run the network on inputs of this side instead of its own (cost: its square)")
     orientation.add_argument("--split", choices=("all", "train", "validation"), default="all",
                              help="only the photos of one side of the training split (see python -m canon train)")
     orientation.add_argument("--json", required=True, help="where to write the summary")
@@ -235,9 +235,10 @@ def _evaluate(args) -> None:
         from .canonicalizer import Canonicalizer
         from .models import default_canonicalizer
         from .segmenter import pick_device
-
         from .train import split_files
 
+        if args.input_size is not None:
+            _check_input_size(args.input_size)
         if args.split != "all":
             files = split_files(files)[args.split == "validation"]
             if not files:
@@ -245,8 +246,6 @@ def _evaluate(args) -> None:
         name = args.model or default_canonicalizer()
         canonicalizer = Canonicalizer.load(name, device=pick_device(args.device))
         if args.input_size is not None:
-            if not 32 <= args.input_size <= 512:
-                raise CliError("--input-size takes 32 to 512 pixels")
             canonicalizer.preprocess_config["input_size"] = args.input_size
             name = f"{name} at {args.input_size} px"
         summary = evaluate.orientation_accuracy(canonicalizer, files, name)
@@ -296,6 +295,11 @@ def _bench(args) -> None:
         plot_bench(summary, args.plot)
 
 
+def _check_input_size(size: int) -> None:
+    if not 32 <= size <= 512:
+        raise CliError("--input-size takes 32 to 512 pixels (the network trims 24 from each side's length)")
+
+
 def _train(args) -> None:
     from .train import ARCHITECTURES, TrainConfig, train
 
@@ -307,8 +311,7 @@ def _train(args) -> None:
         raise CliError("--init paper needs --arch wrn-c4-paper (the weights have that shape)")
     if args.epochs < 1 or args.crops_per_photo < 1:
         raise CliError("--epochs and --crops-per-photo must be at least 1")
-    if not 32 <= args.input_size <= 512:
-        raise CliError("--input-size takes 32 to 512 pixels (the network trims 24 from each side's length)")
+    _check_input_size(args.input_size)
     if not 0 < args.lr < 1:
         raise CliError("--lr takes a learning rate between 0 and 1")
     files = _photos(args.images)

@@ -48,8 +48,8 @@ class RowBandAttention(Attention):
                 scores = (scores.view(-1, bottom - top, width, height, width) + rel_h[:, :, :, :, None]
                           + rel_w[:, :, :, None, :]).view(-1, (bottom - top) * width, height * width)
             out[:, rows] = scores.softmax(dim=-1) @ v
-        out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
-        return self.proj(out)
+        out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4)
+        return self.proj(out.reshape(batch, height, width, -1))
 
 
 def bound_attention_memory(sam: torch.nn.Module, band_rows: int = DEFAULT_BAND_ROWS) -> int:

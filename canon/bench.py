@@ -140,7 +140,7 @@ def app_peak_memory(sam_model: str = "vit_b", photo: Path = APP_PHOTO, angle: fl
         checkpoint = Path(folder) / f"sam_{sam_model}_random.pth"
         torch.manual_seed(0)
         torch.save(build_sam(SAM_ARCHITECTURES[sam_model]).state_dict(), checkpoint)
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen([sys.executable, str(app), "--sam", str(checkpoint), "--port", str(port)],
                                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                   env=dict(os.environ, HF_HUB_OFFLINE="1"))
@@ -159,7 +159,8 @@ def app_peak_memory(sam_model: str = "vit_b", photo: Path = APP_PHOTO, angle: fl
                 server.kill()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the moment of the call."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

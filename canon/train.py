@@ -136,7 +136,8 @@ def train(files: list[Path], out_dir: str | Path, arch: str = "wrn-c4-small", in
 
     ``init``: ``scratch`` (escnn's initialisation) or ``paper`` (start from ``wrn-c4-paper``'s weights; needs
     ``arch == "wrn-c4-paper"``). ``input_size``: the network's input side (the paper's 128; a smaller one costs
-    its square less and is saved in the checkpoint's config). Returns the per-epoch history ``[{"epoch", "loss", "validation_accuracy"}]``.
+    its square less and is saved in the checkpoint's config). Returns the per-epoch history
+    ``[{"epoch", "loss", "validation_accuracy"}]``.
     """
     config = config or TrainConfig()
     if arch not in ARCHITECTURES:

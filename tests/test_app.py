@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from PIL import Image
 import app
 from app_server import serve, standin_models
 from canon import geometry, maskio
+from canon.bench import free_port
 from canon.demo import CLICK_KINDS, MAX_SIDE, Click, ExportFolder, Models, Session, prepare_photo, run
 from canon.models import ModelUnavailableError
 from canon.render import PALETTE
@@ -323,17 +323,11 @@ def test_help_documents_the_options_and_their_variables():
         assert option in out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_app_starts_offline_without_sam(tmp_path):
     """`python app.py` on a machine without the Hub: the canonicalizer answers, SAM says how to get it."""
     if (REPO / "weights" / "sam_vit_b_01ec64.pth").exists():
         pytest.skip("weights/ holds SAM ViT-B here, so the app is not without SAM")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), CANON_CACHE_DIR=str(tmp_path / "c"),
                GRADIO_SERVER_PORT=str(port), CANON_DEVICE="cpu")
     server = subprocess.Popen([sys.executable, "app.py", "--server-name", "127.0.0.1"], cwd=REPO, env=env,

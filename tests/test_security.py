@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 
 import app
 from app_server import serve, standin_models
+from canon.bench import free_port
 from canon.images import MAX_FILE_BYTES
 from conftest import REPO
 
@@ -130,15 +130,9 @@ def test_the_example_photos_are_served(url):
 # ---------------------------------------------------------------------------------------------------- secrets
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_no_secret_is_logged(tmp_path):
     token, password = "hf_secret_test_value", "secretpass"
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, HF_TOKEN=token, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
                CANON_CACHE_DIR=str(tmp_path / "c"), CANON_DEVICE="cpu", GRADIO_ANALYTICS_ENABLED="False",
                PYTHONUNBUFFERED="1")

@@ -46,8 +46,8 @@ def test_train_resume_and_load_the_checkpoint(tmp_path, capsys):
         if (UPRIGHT / name).exists():
             (photos / name).write_bytes((UPRIGHT / name).read_bytes())
     out = tmp_path / "run"
-    common = ["train", "--images", str(photos), "--arch", "wrn-c4-small", "--crops-per-photo", "1", "--input-size", "64",
-              "--lr", "0.01", "--out", str(out)]
+    common = ["train", "--images", str(photos), "--arch", "wrn-c4-small", "--crops-per-photo", "1",
+              "--input-size", "64", "--lr", "0.01", "--out", str(out)]
     assert main([*common, "--epochs", "1"]) == 0
     assert main([*common, "--epochs", "2", "--resume"]) == 0
     history = json.loads((out / "epoch-2" / "training.json").read_text())["history"]
