@@ -39,6 +39,7 @@ def test_layer_plan_refuses_a_depth_it_cannot_split():
 
 
 def test_serving_export_equals_escnn():
+    """Dense filters, folded batch norm, and the head folded into window means give escnn's activations."""
     escnn_model = randomised_escnn()
     serving = ServingWRN.from_escnn_state(escnn_model.state_dict(), **SMALL)
     x = torch.rand(3, 3, 40, 40)
@@ -73,3 +74,17 @@ def test_the_shipped_weights_are_small_and_complete(paper_canonicalizer):
     n_parameters = sum(v.numel() for k, v in state.items() if "basis" not in k and "running" not in k)
     assert 1.8e6 < n_parameters < 1.9e6  # the paper's 1.86 M free parameters
     assert np.isfinite(np.concatenate([v.flatten().numpy() for v in state.values()])).all()
+
+
+def test_bfloat16_trunk_stays_close_to_float32():
+    serving = ServingWRN.from_escnn_state(randomised_escnn().state_dict(), **SMALL)
+    x = torch.rand(2, 3, 40, 40)
+    with torch.no_grad():
+        exact = serving(x)
+        reduced = serving(x, torch.bfloat16)
+        assert serving.prepare(torch.bfloat16)["stem"][0].dtype == torch.bfloat16
+        assert serving.prepare(torch.bfloat16)["head"][0].dtype == torch.float32  # the pooled head sums in float32
+        assert torch.equal(serving(x), exact)  # the float32 filters are kept beside the bfloat16 ones
+    assert reduced.dtype == torch.float32
+    assert not torch.equal(reduced, exact)
+    assert torch.allclose(reduced, exact, atol=0.05 * exact.abs().max().item()), (reduced - exact).abs().max()
