@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import geometry
-from .canonicalizer import Canonicalizer
+from .canonicalizer import Canonicalizer, bfloat16_is_native
 from .networks import EscnnWRN
 from .render import overlay
 from .segmenter import SAM_ARCHITECTURES, EquivariantSegmenter, Prompts, SamBackend, build_sam, pick_device
@@ -41,6 +41,13 @@ def median_ms(fn, repeats: int) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times)
+
+
+def _network_ms(canonicalizer: Canonicalizer, x: torch.Tensor, dtype: str, repeats: int) -> float | None:
+    """The network alone on the preprocessed ``x`` with its trunk in ``dtype``; None where bfloat16 is not native."""
+    if dtype == "bfloat16" and not bfloat16_is_native(canonicalizer.device):
+        return None
+    return median_ms(lambda: canonicalizer.network(x, getattr(torch, dtype)), repeats)
 
 
 def _free_parameters(canonicalizer: Canonicalizer) -> int:
@@ -74,8 +81,10 @@ def benchmark(sam_model: str = "vit_b", canonicalizers: tuple[str, ...] = ("wrn-
         x = model.preprocess(image)
         with torch.inference_mode():
             per_model[name] = {
+                "input_size": model.preprocess_config["input_size"],
+                "precision": str(model.compute_dtype).removeprefix("torch."),
                 "serving_ms": median_ms(lambda: model.logits(image), repeats),
-                "network_ms": median_ms(lambda: model.network(x), repeats),
+                **{f"network_{dtype}_ms": _network_ms(model, x, dtype, repeats) for dtype in ("float32", "bfloat16")},
                 "escnn_ms": median_ms(lambda: escnn_model(x), repeats),
                 "parameters": _free_parameters(model),
             }
@@ -205,9 +214,11 @@ def bench_table(summary: dict) -> str:
     rows = ["| what | median |", "|---|---:|",
             f"| SAM {summary['sam_model']} image encoder | {summary['sam_encoder_ms']:.0f} ms |"]
     for name, figures in summary["canonicalizers"].items():
-        rows += [f"| canonicalizer {name}: serving (preprocess + network) | {figures['serving_ms']:.0f} ms |",
-                 f"| canonicalizer {name}: network, plain torch | {figures['network_ms']:.0f} ms |",
-                 f"| canonicalizer {name}: network, escnn | {figures['escnn_ms']:.0f} ms |"]
+        rows += [f"| canonicalizer {name} ({figures['input_size']} px, {figures['precision']}): serving "
+                 f"(preprocess + network) | {figures['serving_ms']:.0f} ms |"]
+        rows += [f"| canonicalizer {name}: network, plain torch, {dtype} | {figures[f'network_{dtype}_ms']:.0f} ms |"
+                 for dtype in ("float32", "bfloat16") if figures[f"network_{dtype}_ms"] is not None]
+        rows += [f"| canonicalizer {name}: network, escnn, float32 | {figures['escnn_ms']:.0f} ms |"]
     rows += [f"| overhead ({summary['canonicalizer']} / encoder) | {100 * summary['overhead_ratio']:.1f} % |",
              f"| click on a turned photo, embeddings cached (2 decoders + mapping + 2 overlays) | "
              f"{summary['click_ms']:.0f} ms |",

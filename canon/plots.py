@@ -29,7 +29,7 @@ def plot_bench(summary: dict, path: str | Path) -> None:
     labels = [f"SAM {summary['sam_model']} encoder"]
     values = [summary["sam_encoder_ms"]]
     for name, figures in summary["canonicalizers"].items():
-        labels += [f"{name} (plain torch)", f"{name} (escnn)"]
+        labels += [f"{name} (served, {figures['precision']})", f"{name} (escnn, float32)"]
         values += [figures["serving_ms"], figures["escnn_ms"]]
     labels.append("click, cached embeddings")
     values.append(summary["click_ms"])

@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from canon import geometry
-from canon.canonicalizer import Canonicalizer, orbit_representative, paper_preprocess, prior_loss
+from canon.canonicalizer import (Canonicalizer, bfloat16_is_native, orbit_representative, paper_preprocess,
+                                   prior_loss)
 from canon.images import load_image
 
 
@@ -88,3 +89,47 @@ def test_from_pretrained_refuses_an_incomplete_file(paper_canonicalizer, tmp_pat
     save_file(state, tmp_path / "broken" / "model.safetensors")
     with pytest.raises(RuntimeError, match="Missing key"):
         Canonicalizer.load(str(tmp_path / "broken"))
+
+
+def float32_logits(canonicalizer: Canonicalizer, image: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return canonicalizer.network(canonicalizer.preprocess(image))[0].double().numpy()
+
+
+def test_the_paper_model_is_served_in_bfloat16_with_float32_decisions(paper_canonicalizer, photo):
+    assert (paper_canonicalizer.precision, paper_canonicalizer.recheck_margin) == ("bfloat16", 1.0)
+    if not bfloat16_is_native(paper_canonicalizer.device):
+        pytest.skip("this CPU has no native bfloat16")
+    assert paper_canonicalizer.compute_dtype == torch.bfloat16
+    image = photo[:, ::-1].copy()
+    base = paper_canonicalizer.canonicalize(image)
+    assert base.k == int(np.argmax(float32_logits(paper_canonicalizer, image)))
+    for k in range(1, 4):  # exactly equivariant in bfloat16 too: one network pass on the orbit's representative
+        decision = paper_canonicalizer.canonicalize(geometry.rotate_image(image, k))
+        assert decision.k == (base.k + k) % 4
+        assert np.array_equal(decision.canonical_image, base.canonical_image)
+
+
+def test_bfloat16_near_ties_are_decided_in_float32(paper_canonicalizer, photo):
+    reduced = Canonicalizer(precision="bfloat16", recheck_margin=0.0)
+    reduced.load_state_dict(paper_canonicalizer.state_dict())
+    if reduced.compute_dtype != torch.bfloat16:
+        pytest.skip("this CPU has no native bfloat16")
+    exact = float32_logits(paper_canonicalizer, photo)
+    assert not np.array_equal(reduced.logits(photo), exact)  # never rechecked: bfloat16's own activations
+    np.testing.assert_allclose(reduced.logits(photo), exact, atol=0.5)
+    reduced.recheck_margin = float("inf")  # every photo is a near-tie: float32 decides
+    assert np.array_equal(reduced.logits(photo), exact)
+
+
+def test_bfloat16_falls_back_to_float32_where_it_would_be_emulated(paper_canonicalizer, photo, monkeypatch):
+    import canon.canonicalizer
+
+    monkeypatch.setattr(canon.canonicalizer, "bfloat16_is_native", lambda device: False)
+    assert paper_canonicalizer.compute_dtype == torch.float32
+    assert np.array_equal(paper_canonicalizer.logits(photo), float32_logits(paper_canonicalizer, photo))
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision takes float32 or bfloat16"):
+        Canonicalizer(precision="float16")
