@@ -71,9 +71,11 @@ def test_evaluate_orientation_writes_the_summary(tmp_path, capsys):
                  "--device", "cpu", "--json", str(tmp_path / "summary.json")])
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary) == {"model", "n_images", "accuracy", "per_rotation", "median_ms"}
+    assert set(summary) == {"model", "n_images", "accuracy", "per_rotation", "median_ms", "mean_ms", "missed"}
     assert summary["n_images"] == 2 and set(summary["per_rotation"]) == {"0", "90", "180", "270"}
-    assert 0.0 <= summary["accuracy"] <= 1.0 and summary["median_ms"] > 0
+    assert 0.0 <= summary["accuracy"] <= 1.0 and summary["median_ms"] > 0 and summary["mean_ms"] > 0
+    assert len(summary["missed"]) == round(2 * (1 - summary["accuracy"]))
+    assert set(summary["missed"]) <= {"animals_cat.jpg", "animals_dog.jpg"}
     assert "| all (2 photos x 4) |" in capsys.readouterr().out
 
 
@@ -90,6 +92,13 @@ def test_evaluate_orientation_on_one_side_of_the_split_at_another_input_size(tmp
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["n_images"] == 2 and summary["model"] == "wrn-c4-paper at 64 px"
+    fold_4 = split_files(sorted(UPRIGHT.glob("*.jpg")), 4, 5)[1]
+    for path in fold_4[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    assert main(["evaluate", "orientation", "--images", str(folder), "--input-size", "64", "--split", "validation",
+                 "--fold", "4", "--precision", "float32", "--json", str(tmp_path / "fold.json")]) == 0
+    summary = json.loads((tmp_path / "fold.json").read_text())
+    assert summary["n_images"] == 2 and summary["model"].endswith("at 64 px in float32")
     assert main(["evaluate", "orientation", "--images", str(folder), "--input-size", "4",
                  "--json", str(tmp_path / "other.json")]) == 2
     assert "--input-size takes" in capsys.readouterr().err

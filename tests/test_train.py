@@ -8,7 +8,7 @@ from canon import geometry
 from canon.__main__ import main
 from canon.canonicalizer import Canonicalizer
 from canon.networks import EscnnWRN, load_escnn_from_serving
-from canon.train import TrainConfig, augment, split_files, split_group
+from canon.train import TrainConfig, augment, distillation_loss, matched_views, split_files, split_group
 from conftest import UPRIGHT
 
 
@@ -20,6 +20,18 @@ def test_split_is_fixed_and_keeps_groups_together(upright_files):
     assert 0.1 < len(validation) / len(upright_files) < 0.35
     assert not {split_group(f) for f in train} & {split_group(f) for f in validation}
     assert split_group(UPRIGHT / "fishes_fish12.jpg") == split_group(UPRIGHT / "fishes_fish3.jpg")
+
+
+def test_folds_put_every_photo_in_validation_once(upright_files):
+    validations = [split_files(upright_files, fold, 5)[1] for fold in range(5)]
+    assert sorted(f for v in validations for f in v) == sorted(upright_files)
+    assert all(validations)
+    assert split_files(upright_files, 0, 5) == split_files(upright_files)  # fold 0 of 5 is the fixed split
+    for fold, validation in enumerate(validations):
+        train, _ = split_files(upright_files, fold, 5)
+        assert not {split_group(f) for f in train} & {split_group(f) for f in validation}
+    with pytest.raises(ValueError, match="fold must be in 0..4"):
+        split_files(upright_files, 5, 5)
 
 
 def test_augmented_views_are_valid_inputs(photo):
@@ -35,7 +47,8 @@ def test_paper_weights_round_trip_through_escnn(paper_canonicalizer, photo):
     escnn_model = load_escnn_from_serving(EscnnWRN(initialize=False), paper_canonicalizer.network).eval()
     with torch.no_grad():
         activations = escnn_model(paper_canonicalizer.preprocess(photo))[0].double().numpy()
-    np.testing.assert_allclose(activations, paper_canonicalizer.logits(photo), atol=1e-5)
+        expected = paper_canonicalizer.network(paper_canonicalizer.preprocess(photo))[0].double().numpy()
+    np.testing.assert_allclose(activations, expected, atol=1e-5)  # the serving network in float32
 
 
 def test_train_resume_and_load_the_checkpoint(tmp_path, capsys):
@@ -62,7 +75,48 @@ def test_train_resume_and_load_the_checkpoint(tmp_path, capsys):
     assert "best validation" in capsys.readouterr().out
 
 
+def test_matched_views_are_one_crop_at_two_sizes(photo):
+    config = TrainConfig()
+    sizes = [dict(canvas_size=1024, crop_ratio=0.9, input_size=s) for s in (64, 128)]
+    rng, twin = np.random.default_rng(3), np.random.default_rng(3)
+    small, large = matched_views(photo, rng, config, sizes)
+    assert small.shape == (3, 64, 64) and large.shape == (3, 128, 128)
+    assert torch.equal(small, augment(photo, twin, config, sizes[0]))  # the student's view, as without a teacher
+    assert rng.bit_generator.state == twin.bit_generator.state  # advanced by exactly one view
+    halved = torch.nn.functional.interpolate(large[None], size=64, mode="bilinear", antialias=True)[0]
+    assert (halved - small).abs().mean() < 0.02  # the same crop, flip and colours
+
+
+def test_distillation_loss_is_the_tempered_kl_divergence():
+    teacher = torch.tensor([[3.0, 0.0, -1.0, 0.5], [0.2, 0.1, 0.0, -0.3]])
+    student = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]])
+    p, q = torch.softmax(teacher / 2, dim=1), torch.softmax(student / 2, dim=1)
+    expected = 4 * (p * (p.log() - q.log())).sum(dim=1).mean()
+    assert torch.allclose(distillation_loss(student, teacher, 2.0), expected)
+    assert distillation_loss(teacher, teacher, 2.0).abs() < 1e-6
+
+
+def test_frozen_batch_norm_keeps_its_statistics_in_bfloat16_distillation(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("animals_cat.jpg", "animals_dog.jpg", "animals_cow.jpg", "fishes_fish1.jpg"):
+        (photos / name).write_bytes((UPRIGHT / name).read_bytes())
+    out = tmp_path / "run"
+    assert main(["train", "--images", str(photos), "--arch", "wrn-c4-small", "--crops-per-photo", "2",
+                 "--input-size", "48", "--lr", "0.05", "--epochs", "1", "--freeze-batch-norm", "--bf16",
+                 "--teacher", "wrn-c4-paper", "--folds", "2", "--fold", "1", "--out", str(out)]) == 0
+    state = Canonicalizer.load(str(out / "epoch-1")).network.state_dict()
+    stats = {k: v for k, v in state.items() if "running_" in k}
+    assert stats and all(torch.equal(v, torch.zeros_like(v) if "mean" in k else torch.ones_like(v))
+                         for k, v in stats.items())  # escnn's initial statistics, untouched
+    scales = [v for k, v in state.items() if k.endswith("_weight")]  # batch-norm scales, initialised to 1
+    assert scales and not all(torch.equal(v, torch.ones_like(v)) for v in scales)  # but the network trained
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--fold", "5"], "--fold 0 to folds - 1"),
+    (["--distill-weight", "2"], "--distill-weight takes"),
+    (["--folds", "1"], "--folds takes 2 or more"),
     (["--group", "C8"], "not supported"),
     (["--arch", "resnet"], "--arch takes"),
     (["--init", "paper"], "--init paper needs --arch wrn-c4-paper"),
