@@ -23,6 +23,7 @@ import torch
 
 from . import geometry
 from .canonicalizer import Canonicalizer, bfloat16_is_native
+from .images import load_image
 from .networks import EscnnWRN
 from .render import overlay
 from .segmenter import SAM_ARCHITECTURES, EquivariantSegmenter, Prompts, SamBackend, build_sam, pick_device
@@ -75,15 +76,18 @@ def benchmark(sam_model: str = "vit_b", canonicalizers: tuple[str, ...] = ("wrn-
     sam_peak_rss_mb = _peak_rss_mb()  # what serving SAM alone needs, before the escnn networks are built
     per_model = {}
     loaded = {}
+    # A real photo for the canonicalizer: in bfloat16 its time depends on whether the photo is a near-tie (noise
+    # always is, and is rechecked in float32); this one is not, and network_float32_ms is the cost of a recheck.
+    photo = load_image(APP_PHOTO)
     for name in canonicalizers:
         model = loaded[name] = Canonicalizer.load(name, device=device)
         escnn_model = EscnnWRN(**model.network.config, initialize=False).to(device).eval()
-        x = model.preprocess(image)
+        x = model.preprocess(photo)
         with torch.inference_mode():
             per_model[name] = {
                 "input_size": model.preprocess_config["input_size"],
                 "precision": str(model.compute_dtype).removeprefix("torch."),
-                "serving_ms": median_ms(lambda: model.logits(image), repeats),
+                "serving_ms": median_ms(lambda: model.logits(photo), repeats),
                 **{f"network_{dtype}_ms": _network_ms(model, x, dtype, repeats) for dtype in ("float32", "bfloat16")},
                 "escnn_ms": median_ms(lambda: escnn_model(x), repeats),
                 "parameters": _free_parameters(model),
@@ -138,8 +142,6 @@ def app_peak_memory(sam_model: str = "vit_b", photo: Path = APP_PHOTO, angle: fl
     two image embeddings, the canonicalizer, the overlays). Returns ``{"app_peak_rss_mb", "app_request_ms"}``,
     the peak read from the child's ``VmHWM`` (Linux)."""
     from gradio_client import handle_file
-
-    from .images import load_image
 
     app = REPO / "app.py"
     if not app.is_file():
@@ -199,14 +201,22 @@ def _peak_rss_mb() -> float:
 
 
 def machine_description() -> str:
-    """``x86_64 AMD EPYC, 2 cores``: what figures are quoted with."""
-    name = platform.processor() or "unknown CPU"
+    """``x86_64 AMD EPYC (family 26 model 2, bfloat16), 2 cores``: what figures are quoted with. CPUs of one name
+    differ several-fold here (AVX-512, bfloat16), so the family and model numbers are part of it."""
+    name, fields = platform.processor() or "unknown CPU", {}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return f"{platform.machine()} {name}, {os.cpu_count()} cores"
+    name = fields.get("model name", name)
+    details = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields else []
+    if bfloat16_is_native(torch.device("cpu")):
+        details.append("bfloat16")
+    suffix = f" ({', '.join(details)})" if details else ""
+    return f"{platform.machine()} {name}{suffix}, {os.cpu_count()} cores"
 
 
 def bench_table(summary: dict) -> str:
