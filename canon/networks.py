@@ -247,10 +247,11 @@ class ServingWRN(nn.Module):
     one row per (out field, in field) pair) and per-field bias; for every batch norm its per-field statistics; and the
     sampled bases (``basis_*``, shape ``dim x n x n_in x k*k``). :meth:`prepare` expands them into dense filters,
     folds the batch norms, and folds the head convolution and the group pooling into one linear map of window means
-    (:meth:`_pooled_head`); it runs once, on the first forward in eval mode. :class:`canon.canonicalizer.Canonicalizer`
-    wraps it with the preprocessing and the Hub's ``from_pretrained`` layout.
+    (:meth:`_pooled_head`); it runs once per arithmetic, on the first forward in eval mode.
+    :class:`canon.canonicalizer.Canonicalizer` wraps it with the preprocessing and the Hub's ``from_pretrained`` layout.
 
-    ``forward(x)``: ``B x 3 x S x S`` float tensor in [0, 1] -> ``B x group_order`` group activations (float32).
+    ``forward(x, dtype)``: ``B x 3 x S x S`` float tensor in [0, 1] -> ``B x group_order`` group activations
+    (float32), the trunk computed in ``dtype``.
     """
 
     def __init__(self, kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12, group_order: int = 4):
@@ -361,7 +362,8 @@ class ServingWRN(nn.Module):
         ``group_pool(conv(h))[g]`` averages ``conv(h)`` over output fields ``f`` and positions ``p``; the convolution
         is linear, so this is ``sum_{c, dy, dx} wbar[g, c, dy, dx] * mean_p h[c, p + (dy, dx)] + bbar[g]`` with
         ``wbar``, ``bbar`` the head's filters and bias averaged over ``f``. Returns ``wbar`` (``n x C x k x k``) and
-        ``bbar`` (``n``): the same activations as the dense head, up to float rounding, for a k*k-th of its cost.
+        ``bbar`` (``n``): the same activations as the dense head, up to float rounding, for one ``n * F``-th of its
+        arithmetic (1/512 for the paper's 128 output fields of C4).
         """
         weight, bias = self._dense_conv(self.plan.head)
         n = self.group_order

@@ -19,17 +19,17 @@ def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndar
 
     Each pixel's result depends only on its value and on which masks cover it, so up to 8 masks are drawn in one
     pass: a look-up table holds, for every covering pattern and value, what blending those masks one after the other
-    makes of it (the same float arithmetic and rounding as drawing them one by one).
+    makes of it (the same float arithmetic and rounding as drawing them one by one), read once per channel.
     """
     out = image.copy()
     for stop in range(len(masks), 0, -_MASKS_PER_PASS):
         indices = range(max(0, stop - _MASKS_PER_PASS), stop)
-        pattern = np.zeros(image.shape[:2], np.uint8)  # bit b set: mask indices[b] covers the pixel
+        pattern = np.zeros(image.shape[:2], np.uint16)  # bit 8 + b set: mask indices[b] covers the pixel
         for bit, index in enumerate(indices):
-            pattern |= masks[index].astype(np.uint8, copy=False) << bit
-        lookup = out.astype(np.int32) * 3 + np.arange(3, dtype=np.int32)  # flat index into a 256 x 3 table
-        lookup += (pattern.astype(np.int32) * (256 * 3))[..., None]
-        np.take(_blend_table(indices, alpha).reshape(-1), lookup, out=out)
+            pattern |= masks[index].astype(np.uint16) << (8 + bit)
+        table = _blend_table(indices, alpha)
+        for channel in range(3):  # a 16-bit index per pixel: covering pattern, then the channel's value
+            out[..., channel] = table[:, :, channel].reshape(-1)[pattern | out[..., channel]]
     return out
 
 
