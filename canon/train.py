@@ -241,11 +241,11 @@ def train(files: list[Path], out_dir: str | Path, arch: str = "wrn-c4-small", in
                 logits = model(torch.stack([views[0] for views in batch])).float()
             loss = prior_loss(logits)
             if teacher is not None:
-                with torch.inference_mode():
+                with torch.no_grad():
                     targets = teacher.network(torch.stack([views[1] for views in batch]),
                                               teacher.compute_dtype)
                 loss = ((1 - config.distill_weight) * loss
-                        + config.distill_weight * distillation_loss(logits, targets.clone(), config.temperature))
+                        + config.distill_weight * distillation_loss(logits, targets, config.temperature))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -50,3 +50,9 @@ def upright_files() -> list[Path]:
 def photo(upright_files) -> np.ndarray:
     """A 480 x 640 x 3 upright photo (a cat)."""
     return load_image(UPRIGHT / "animals_cat.jpg")
+
+
+def float32_logits(canonicalizer: Canonicalizer, image: np.ndarray) -> np.ndarray:
+    """The serving network's activations on ``image`` in float32, whatever the model's own precision."""
+    with torch.inference_mode():
+        return canonicalizer.network(canonicalizer.preprocess(image))[0].double().numpy()

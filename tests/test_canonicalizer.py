@@ -9,6 +9,7 @@ from canon import geometry
 from canon.canonicalizer import (Canonicalizer, bfloat16_is_native, orbit_representative, paper_preprocess,
                                    prior_loss)
 from canon.images import load_image
+from conftest import float32_logits
 
 
 @st.composite
@@ -89,11 +90,6 @@ def test_from_pretrained_refuses_an_incomplete_file(paper_canonicalizer, tmp_pat
     save_file(state, tmp_path / "broken" / "model.safetensors")
     with pytest.raises(RuntimeError, match="Missing key"):
         Canonicalizer.load(str(tmp_path / "broken"))
-
-
-def float32_logits(canonicalizer: Canonicalizer, image: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return canonicalizer.network(canonicalizer.preprocess(image))[0].double().numpy()
 
 
 def test_the_paper_model_is_served_in_bfloat16_with_float32_decisions(paper_canonicalizer, photo):

@@ -9,7 +9,7 @@ from canon.__main__ import main
 from canon.canonicalizer import Canonicalizer
 from canon.networks import EscnnWRN, load_escnn_from_serving
 from canon.train import TrainConfig, augment, distillation_loss, matched_views, split_files, split_group
-from conftest import UPRIGHT
+from conftest import UPRIGHT, float32_logits
 
 
 def test_split_is_fixed_and_keeps_groups_together(upright_files):
@@ -47,8 +47,7 @@ def test_paper_weights_round_trip_through_escnn(paper_canonicalizer, photo):
     escnn_model = load_escnn_from_serving(EscnnWRN(initialize=False), paper_canonicalizer.network).eval()
     with torch.no_grad():
         activations = escnn_model(paper_canonicalizer.preprocess(photo))[0].double().numpy()
-        expected = paper_canonicalizer.network(paper_canonicalizer.preprocess(photo))[0].double().numpy()
-    np.testing.assert_allclose(activations, expected, atol=1e-5)  # the serving network in float32
+    np.testing.assert_allclose(activations, float32_logits(paper_canonicalizer, photo), atol=1e-5)
 
 
 def test_train_resume_and_load_the_checkpoint(tmp_path, capsys):
