@@ -27,6 +27,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from . import geometry
 from .attention import bound_attention_memory
 from .canonicalizer import Canonicalization, Canonicalizer, image_digest
+from .decoder import DecoderImageState, decode_masks, image_state
 from .models import ModelUnavailableError
 
 MAX_POINTS = 64  # more clicks than anyone makes by hand; bounds the decoder's work per request
@@ -205,18 +206,31 @@ class SweepEntry:
 # ------------------------------------------------------------------------------------------------- SAM backend
 
 
+@dataclass
+class _CachedImage:
+    """One cache entry: SAM's ``1 x 256 x 64 x 64`` float embedding (4 MiB in float32), the two sizes SAM's
+    post-processing needs, and the decoder's per-image tensors (:func:`canon.decoder.image_state`, 10 MiB more),
+    made on the first click on the image."""
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    decoder_state: DecoderImageState | None = None
+
+
 class _CachingPredictor(SamPredictor):
-    """A SamPredictor whose ``set_image`` looks the embedding up in a bounded LRU cache first.
+    """A SamPredictor whose ``set_image`` looks the embedding up in a bounded LRU cache first, and whose clicks
+    reuse the image's share of the decoder's work.
 
     The key is the image's content (shape and bytes) and the model name, so the same picture shown twice, or the
-    canonical image of any rotation of a photo, is encoded once. Each entry holds SAM's ``1 x 256 x 64 x 64`` float
-    embedding (4 MiB in float32) and the two sizes SAM's post-processing needs.
+    canonical image of any rotation of a photo, is encoded once.
     """
 
     def __init__(self, model: Sam, name: str, cache_size: int):
         super().__init__(model)
         self.name, self.cache_size = name, cache_size
-        self.cache: OrderedDict[str, tuple[torch.Tensor, tuple, tuple]] = OrderedDict()
+        self.cache: OrderedDict[str, _CachedImage] = OrderedDict()
+        self.current: _CachedImage | None = None
         self.last_hit, self.last_encoder_ms = False, 0.0
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
@@ -225,17 +239,42 @@ class _CachingPredictor(SamPredictor):
         self.last_hit = entry is not None
         if entry is not None:
             self.cache.move_to_end(key)
-            self.features, self.original_size, self.input_size = entry
+            self.features, self.original_size, self.input_size = entry.features, entry.original_size, entry.input_size
             self.is_image_set = True
             self.last_encoder_ms = 0.0
-            return
-        start = time.perf_counter()
-        with torch.inference_mode():
-            super().set_image(image, image_format)
-        self.last_encoder_ms = (time.perf_counter() - start) * 1000.0
-        self.cache[key] = (self.features, self.original_size, self.input_size)
-        while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
+        else:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                super().set_image(image, image_format)
+            self.last_encoder_ms = (time.perf_counter() - start) * 1000.0
+            entry = self.cache[key] = _CachedImage(self.features, self.original_size, self.input_size)
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        self.current = entry
+
+    @torch.no_grad()
+    def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True,
+                      return_logits=False):
+        """SamPredictor's ``predict_torch`` (same arguments, same outputs bit for bit); one prompt set without a mask
+        input is decoded with the image's cached decoder state (:func:`canon.decoder.decode_masks`)."""
+        prompts = point_coords if point_coords is not None else boxes
+        if (mask_input is not None or prompts is None or len(prompts) != 1 or self.current is None
+                or self.current.features is not self.features):
+            return super().predict_torch(point_coords, point_labels, boxes, mask_input, multimask_output,
+                                         return_logits)
+        encoder = self.model.prompt_encoder
+        if self.current.decoder_state is None:
+            _, no_mask = encoder(points=None, boxes=None, masks=None)
+            self.current.decoder_state = image_state(self.model.mask_decoder, self.features, encoder.get_dense_pe(),
+                                                     no_mask)
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, _ = encoder(points=points, boxes=boxes, masks=None)
+        low_res_masks, iou_predictions = decode_masks(self.model.mask_decoder, self.current.decoder_state, sparse,
+                                                      multimask_output)
+        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou_predictions, low_res_masks
 
 
 class SamBackend:
