@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="run the network on inputs of this side instead of its own (cost: its square)")
     orientation.add_argument("--precision", choices=("float32", "bfloat16"), default=None,
                              help="run the network in this arithmetic instead of the model's own")
+    orientation.add_argument("--mirror-average", action="store_true",
+                             help="average the network's scores on each photo and on its mirror (twice the cost)")
     orientation.add_argument("--split", choices=("all", "train", "validation"), default="all",
                              help="only the photos of one side of the training split (see python -m canon train)")
     _fold_arguments(orientation)
@@ -271,6 +273,9 @@ def _evaluate(args) -> None:
         if args.precision is not None:
             canonicalizer.precision = args.precision
             name = f"{name} in {args.precision}"
+        if args.mirror_average:
+            canonicalizer.mirror_average = True
+            name = f"{name}, mirror-averaged"
         summary = evaluate.orientation_accuracy(canonicalizer, files, name)
         _write_summary(target, summary, evaluate.orientation_table(summary))
         if args.plot:

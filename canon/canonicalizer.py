@@ -130,6 +130,7 @@ def _same_parity(value: int, reference: int) -> int:
 
 
 PRECISIONS = ("float32", "bfloat16")
+_MIRRORED_INDEX = [(-j) % geometry.GROUP_ORDER for j in range(geometry.GROUP_ORDER)]
 
 
 def bfloat16_is_native(device: torch.device) -> bool:
@@ -148,13 +149,16 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
     ``model.safetensors`` (the network's state dict under ``network.``). :meth:`canonicalize` is the entry point.
     ``precision`` is the trunk's arithmetic: ``float32``, or ``bfloat16`` where the device has it natively
     (:attr:`compute_dtype`), with near-ties (top two activations within ``recheck_margin``) decided again in
-    float32 (:meth:`logits`).
+    float32 (:meth:`logits`). With ``mirror_average`` the activations are averaged with those of the mirrored image
+    (index-mapped: a mirrored photo turned by ``j`` is the mirror of the photo turned by ``-j``); it costs a second
+    pass and keeps the exact C4 equivariance.
     Results are cached per C4 orbit (``cache_size`` entries), so rotated copies of one photo cost one pass.
     """
 
     def __init__(self, architecture: str = "wrn", kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12,
                  group_order: int = 4, canvas_size: int = 1024, crop_ratio: float = 0.9, input_size: int = 128,
-                 cache_size: int = 64, precision: str = "float32", recheck_margin: float = 1.0):
+                 cache_size: int = 64, precision: str = "float32", recheck_margin: float = 1.0,
+                 mirror_average: bool = False):
         super().__init__()
         if architecture != "wrn" or group_order != geometry.GROUP_ORDER:
             raise ValueError(f"unsupported canonicalizer: architecture={architecture!r}, group_order={group_order}")
@@ -163,6 +167,7 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
         self.network = ServingWRN(kernel_size, out_channels, num_layers, group_order)
         self.precision = precision
         self.recheck_margin = recheck_margin
+        self.mirror_average = mirror_average
         self.preprocess_config = dict(canvas_size=canvas_size, crop_ratio=crop_ratio, input_size=input_size)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -205,13 +210,24 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
         can swap two rotations that nearly tie; so when the best two are within ``recheck_margin`` of each other the
         network runs again in float32 and that answer is returned: the decision is then float32's."""
         x = self.preprocess(image)
+        if self.mirror_average:
+            x = torch.cat([x, x.flip(-1)])  # the preprocessing commutes with a left-right mirror
         dtype = self.compute_dtype
-        activations = self.network(x, dtype)[0]
+        activations = self._scores(x, dtype)
         if dtype != torch.float32:
             top_two = torch.topk(activations, 2).values
             if top_two[0] - top_two[1] < self.recheck_margin:
-                activations = self.network(x)[0]
+                activations = self._scores(x, torch.float32)
         return activations.double().cpu().numpy()
+
+    def _scores(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The network's 4 activations on ``x[0]``, averaged with those on its mirror ``x[1]`` when there is one:
+        the mirror of a photo turned by ``j`` is the mirrored photo turned by ``-j``, so index ``j`` of the first
+        pairs with index ``-j`` of the second."""
+        activations = self.network(x, dtype)
+        if len(activations) == 1:
+            return activations[0]
+        return (activations[0] + activations[1][_MIRRORED_INDEX]) / 2
 
     def canonicalize(self, image: np.ndarray) -> Canonicalization:
         """Decide the rotation of an ``H x W x 3`` uint8 RGB image; see :class:`Canonicalization`.

@@ -126,6 +126,24 @@ def test_bfloat16_falls_back_to_float32_where_it_would_be_emulated(paper_canonic
     assert np.array_equal(paper_canonicalizer.logits(photo), float32_logits(paper_canonicalizer, photo))
 
 
+def test_mirror_averaging_pairs_each_rotation_with_its_mirror(paper_canonicalizer, photo):
+    averaged = Canonicalizer(mirror_average=True)
+    averaged.load_state_dict(paper_canonicalizer.state_dict())
+    mirror = photo[:, ::-1].copy()
+    turned_back = [0, 3, 2, 1]  # the mirror of the photo turned by j is the mirror turned by -j
+    expected = (float32_logits(paper_canonicalizer, photo)
+                + float32_logits(paper_canonicalizer, mirror)[turned_back]) / 2
+    np.testing.assert_allclose(averaged.logits(photo), expected, atol=1e-4)
+    base = averaged.canonicalize(photo)
+    for k in range(1, 4):  # still exactly equivariant
+        decision = averaged.canonicalize(geometry.rotate_image(photo, k))
+        assert decision.k == (base.k + k) % 4
+        assert np.array_equal(decision.canonical_image, base.canonical_image)
+    assert averaged.canonicalize(mirror).k == (-base.k) % 4  # and the mirrored photo gets the mirrored decision
+    for k in range(4):
+        assert averaged.canonicalize(geometry.rotate_image(mirror, k)).k == (k - base.k) % 4
+
+
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision takes float32 or bfloat16"):
         Canonicalizer(precision="float16")
