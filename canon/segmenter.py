@@ -347,9 +347,13 @@ class SamBackend:
         """Automatic masks from a grid of ``points_per_side`` squared point prompts, largest first.
 
         ``generator_options`` go to segment-anything's ``SamAutomaticMaskGenerator`` (thresholds and the like).
+        On a CPU the points are decoded one at a time unless ``points_per_batch`` says otherwise: alone, each reuses
+        the image's decoder state, while a batch copies the image tokens once per point (16 x 16 points on a 2-core
+        EPYC: 7.9 s instead of 21.3 s with SAM's default batch of 64).
         """
+        options = {"points_per_batch": 1 if self.device.type == "cpu" else 64, **generator_options}
         with self._lock, torch.inference_mode():
-            generator = SamAutomaticMaskGenerator(self.model, points_per_side=points_per_side, **generator_options)
+            generator = SamAutomaticMaskGenerator(self.model, points_per_side=points_per_side, **options)
             generator.predictor = self.predictor
             start = time.perf_counter()
             records = generator.generate(image)

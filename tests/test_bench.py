@@ -13,6 +13,7 @@ def test_bench_writes_the_figures_and_the_plot(tmp_path, capsys):
     assert figures["sam_model"] == "vit_b" and figures["sam_parameters"] > 80e6  # ViT-B SAM: about 94 M
     assert figures["overhead_ratio"] == figures["canonicalizer_ms"] / figures["sam_encoder_ms"]
     assert 0.015 < figures["params_ratio"] < 0.025  # 1.86 M of about 94 M
+    assert figures["click_ms"] < figures["everything_ms"]  # 2 decoder runs against 2 x 256
     assert figures["click_ms"] < figures["first_click_ms"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| SAM vit_b image encoder |" in capsys.readouterr().out

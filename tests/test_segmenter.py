@@ -106,6 +106,17 @@ def test_segment_everything_is_exactly_equivariant(segmenter, photo):
     assert np.array_equal(rotated.canonicalized.masks, geometry.rotate_masks(base.canonicalized.masks, 1))
 
 
+def test_segment_everything_one_point_at_a_time_matches_sams_batches(standin_backend, photo):
+    """On a CPU the points go one by one through the cached decoder state; SAM's batches of 64 give the same masks
+    up to float rounding (a few pixels at the threshold) and the same scores to 1e-5."""
+    options = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    alone = standin_backend.everything(photo, **options)
+    batched = standin_backend.everything(photo, points_per_batch=64, **options)
+    assert len(alone.masks) == len(batched.masks) == 48  # 16 points x 3 masks, none suppressed
+    np.testing.assert_allclose(alone.scores, batched.scores, atol=1e-5)
+    assert min(mask_iou(a, b) for a, b in zip(alone.masks, batched.masks)) > 0.999
+
+
 @pytest.mark.parametrize("prompts, message", [
     (Prompts.make([[700, 10]]), "outside"),
     (Prompts.make([[float("nan"), 10]]), "finite"),
