@@ -204,7 +204,8 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray) -> np.ndarray:
-        """Raw group activations (float64 array of 4) of the network on ``image`` as given (no orbit trick).
+        """Raw group activations (float64 array of 4) of the network on ``image`` as given (no orbit trick),
+        averaged with the mirror's when :attr:`mirror_average` is set.
 
         In bfloat16 the activations move by a few tenths at most (0.34 for wrn-c4-paper on the shared photos), which
         can swap two rotations that nearly tie; so when the best two are within ``recheck_margin`` of each other the
