@@ -495,10 +495,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--canonicalizer", default=env("CANON_CANONICALIZER"), metavar="NAME_OR_DIR",
                         help="a canonicalizer name from weights/models.json, or a folder with config.json and "
                              "model.safetensors (env CANON_CANONICALIZER; default: the paper's, shipped here)")
-    parser.add_argument("--mirror-average", action="store_true",
-                        default=env("CANON_MIRROR_AVERAGE", "").lower() in ("1", "true"),
-                        help="average the canonicalizer's scores on each photo and on its mirror: right more often, "
-                             "twice its time (env CANON_MIRROR_AVERAGE=1)")
     parser.add_argument("--device", default=env("CANON_DEVICE", "auto"), choices=("auto", "cpu", "cuda"),
                         help="where the networks run (env CANON_DEVICE; default auto: CUDA when there is a GPU)")
     parser.add_argument("--server-name", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -538,7 +534,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         device = pick_device(args.device)
         canonicalizer = Canonicalizer.load(args.canonicalizer, device=device)
-        canonicalizer.mirror_average = canonicalizer.mirror_average or args.mirror_average
     except (ValueError, ModelUnavailableError) as error:
         sys.exit(f"error: {error}")
     sources, first = sam_sources(args.sam)

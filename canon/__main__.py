@@ -76,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                              help="run the network on inputs of this side instead of its own (cost: its square)")
     orientation.add_argument("--precision", choices=("float32", "bfloat16"), default=None,
                              help="run the network in this arithmetic instead of the model's own")
-    orientation.add_argument("--mirror-average", action="store_true",
-                             help="average the network's scores on each photo and on its mirror (twice the cost)")
+    orientation.add_argument("--recheck-margin", type=float, default=None, metavar="M",
+                             help="count photos whose best two scores are within M as near-ties (a second look in "
+                                  "float32) instead of the model's own margin; inf: every photo")
+    orientation.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=None,
+                             help="decide near-ties with the mirrored photo too, or not, instead of as the model's "
+                                  "config.json says")
     orientation.add_argument("--split", choices=("all", "train", "validation"), default="all",
                              help="only the photos of one side of the training split (see python -m canon train)")
     _fold_arguments(orientation)
@@ -260,6 +264,8 @@ def _evaluate(args) -> None:
 
         if args.input_size is not None:
             _check_input_size(args.input_size)
+        if args.recheck_margin is not None and not args.recheck_margin >= 0:  # also refuses nan
+            raise CliError("--recheck-margin takes a number from 0 to inf")
         _check_fold(args)
         if args.split != "all":
             files = split_files(files, args.fold, args.folds)[args.split == "validation"]
@@ -273,9 +279,12 @@ def _evaluate(args) -> None:
         if args.precision is not None:
             canonicalizer.precision = args.precision
             name = f"{name} in {args.precision}"
-        if args.mirror_average:
-            canonicalizer.mirror_average = True
-            name = f"{name}, mirror-averaged"
+        if args.recheck_margin is not None:
+            canonicalizer.recheck_margin = args.recheck_margin
+            name = f"{name}, recheck margin {args.recheck_margin:g}"
+        if args.mirror_average is not None:
+            canonicalizer.mirror_average = args.mirror_average
+            name = f"{name}, mirror average {'on' if args.mirror_average else 'off'}"
         summary = evaluate.orientation_accuracy(canonicalizer, files, name)
         _write_summary(target, summary, evaluate.orientation_table(summary))
         if args.plot:

@@ -149,9 +149,8 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
     ``model.safetensors`` (the network's state dict under ``network.``). :meth:`canonicalize` is the entry point.
     ``precision`` is the trunk's arithmetic: ``float32``, or ``bfloat16`` where the device has it natively
     (:attr:`compute_dtype`), with near-ties (top two activations within ``recheck_margin``) decided again in
-    float32 (:meth:`logits`). With ``mirror_average`` the activations are averaged with those of the mirrored image
-    (index-mapped: a mirrored photo turned by ``j`` is the mirror of the photo turned by ``-j``); it costs a second
-    pass and keeps the exact C4 equivariance.
+    float32 (:meth:`logits`), and with ``mirror_average`` also by the activations of the mirrored image: a second
+    opinion that costs a pass only on near-ties.
     Results are cached per C4 orbit (``cache_size`` entries), so rotated copies of one photo cost one pass.
     """
 
@@ -204,31 +203,25 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray) -> np.ndarray:
-        """Raw group activations (float64 array of 4) of the network on ``image`` as given (no orbit trick),
-        averaged with the mirror's when :attr:`mirror_average` is set.
+        """Group activations (float64 array of 4) of the network on ``image`` as given (no orbit trick).
 
-        In bfloat16 the activations move by a few tenths at most (0.34 for wrn-c4-paper on the shared photos), which
-        can swap two rotations that nearly tie; so when the best two are within ``recheck_margin`` of each other the
-        network runs again in float32 and that answer is returned: the decision is then float32's."""
+        A first pass runs in :attr:`compute_dtype`. When its best two activations are within ``recheck_margin`` of
+        each other, the near-tie is decided by a second look: in float32 (bfloat16 moves the activations by a few
+        tenths, 0.34 at most for wrn-c4-paper on the shared photos, enough to swap a near-tie), and, with
+        ``mirror_average``, as the mean of the float32 activations on the image and on its left-right mirror. A
+        mirrored photo turned by ``j`` is the mirror of the photo turned by ``-j``, so index ``j`` of the first pairs
+        with index ``-j`` of the second, and the result is still exactly C4-equivariant."""
         x = self.preprocess(image)
-        if self.mirror_average:
-            x = torch.cat([x, x.flip(-1)])  # the preprocessing commutes with a left-right mirror
         dtype = self.compute_dtype
-        activations = self._scores(x, dtype)
-        if dtype != torch.float32:
-            top_two = torch.topk(activations, 2).values
-            if top_two[0] - top_two[1] < self.recheck_margin:
-                activations = self._scores(x, torch.float32)
+        activations = self.network(x, dtype)[0]
+        top_two = torch.topk(activations, 2).values
+        if top_two[0] - top_two[1] < self.recheck_margin:
+            if dtype != torch.float32:
+                activations = self.network(x)[0]
+            if self.mirror_average:
+                mirrored = self.network(x.flip(-1))[0]  # the preprocessing commutes with a left-right mirror
+                activations = (activations + mirrored[_MIRRORED_INDEX]) / 2
         return activations.double().cpu().numpy()
-
-    def _scores(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The network's 4 activations on ``x[0]``, averaged with those on its mirror ``x[1]`` when there is one:
-        the mirror of a photo turned by ``j`` is the mirrored photo turned by ``-j``, so index ``j`` of the first
-        pairs with index ``-j`` of the second."""
-        activations = self.network(x, dtype)
-        if len(activations) == 1:
-            return activations[0]
-        return (activations[0] + activations[1][_MIRRORED_INDEX]) / 2
 
     def canonicalize(self, image: np.ndarray) -> Canonicalization:
         """Decide the rotation of an ``H x W x 3`` uint8 RGB image; see :class:`Canonicalization`.

@@ -351,14 +351,3 @@ def test_app_starts_offline_without_sam(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def test_mirror_averaging_is_switched_on_by_flag_or_environment(monkeypatch):
-    served = []
-    monkeypatch.setattr(app, "build_demo", lambda models, **options: served.append(models.canonicalizer))
-    monkeypatch.setattr(app, "launch", lambda demo, **options: None)
-    app.main(["--device", "cpu"])
-    app.main(["--mirror-average", "--device", "cpu"])
-    monkeypatch.setenv("CANON_MIRROR_AVERAGE", "1")
-    app.main(["--device", "cpu"])
-    assert [canonicalizer.mirror_average for canonicalizer in served] == [False, True, True]

@@ -126,8 +126,8 @@ def test_bfloat16_falls_back_to_float32_where_it_would_be_emulated(paper_canonic
     assert np.array_equal(paper_canonicalizer.logits(photo), float32_logits(paper_canonicalizer, photo))
 
 
-def test_mirror_averaging_pairs_each_rotation_with_its_mirror(paper_canonicalizer, photo):
-    averaged = Canonicalizer(mirror_average=True)
+def test_near_ties_are_decided_with_the_mirror(paper_canonicalizer, photo):
+    averaged = Canonicalizer(mirror_average=True, recheck_margin=float("inf"))  # every photo is a near-tie
     averaged.load_state_dict(paper_canonicalizer.state_dict())
     mirror = photo[:, ::-1].copy()
     turned_back = [0, 3, 2, 1]  # the mirror of the photo turned by j is the mirror turned by -j
@@ -142,6 +142,8 @@ def test_mirror_averaging_pairs_each_rotation_with_its_mirror(paper_canonicalize
     assert averaged.canonicalize(mirror).k == (-base.k) % 4  # and the mirrored photo gets the mirrored decision
     for k in range(4):
         assert averaged.canonicalize(geometry.rotate_image(mirror, k)).k == (k - base.k) % 4
+    averaged.recheck_margin = 0.0  # no near-tie: the first pass decides alone
+    assert np.array_equal(averaged.logits(photo), float32_logits(paper_canonicalizer, photo))
 
 
 def test_unknown_precision_is_refused():

@@ -96,10 +96,14 @@ def test_evaluate_orientation_on_one_side_of_the_split_at_another_input_size(tmp
     for path in fold_4[:2]:
         (folder / path.name).write_bytes(path.read_bytes())
     assert main(["evaluate", "orientation", "--images", str(folder), "--input-size", "64", "--split", "validation",
-                 "--fold", "4", "--precision", "float32", "--mirror-average",
+                 "--fold", "4", "--precision", "float32", "--recheck-margin", "inf", "--mirror-average",
                  "--json", str(tmp_path / "fold.json")]) == 0
     summary = json.loads((tmp_path / "fold.json").read_text())
-    assert summary["n_images"] == 2 and summary["model"].endswith("at 64 px in float32, mirror-averaged")
+    assert summary["n_images"] == 2
+    assert summary["model"].endswith("at 64 px in float32, recheck margin inf, mirror average on")
+    assert main(["evaluate", "orientation", "--images", str(folder), "--recheck-margin", "-1",
+                 "--json", str(tmp_path / "other.json")]) == 2
+    assert "--recheck-margin takes" in capsys.readouterr().err
     assert main(["evaluate", "orientation", "--images", str(folder), "--input-size", "4",
                  "--json", str(tmp_path / "other.json")]) == 2
     assert "--input-size takes" in capsys.readouterr().err
