@@ -94,6 +94,7 @@ def test_from_pretrained_refuses_an_incomplete_file(paper_canonicalizer, tmp_pat
 
 def test_the_paper_model_is_served_in_bfloat16_with_float32_decisions(paper_canonicalizer, photo):
     assert (paper_canonicalizer.precision, paper_canonicalizer.recheck_margin) == ("bfloat16", 1.0)
+    assert paper_canonicalizer.mirror_average  # near-ties get the mirror's look too
     if not bfloat16_is_native(paper_canonicalizer.device):
         pytest.skip("this CPU has no native bfloat16")
     assert paper_canonicalizer.compute_dtype == torch.bfloat16
