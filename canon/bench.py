@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import geometry
-from .canonicalizer import Canonicalizer, bfloat16_is_native
+from .canonicalizer import PRECISIONS, Canonicalizer, bfloat16_is_native
 from .images import load_image
 from .networks import EscnnWRN
 from .render import overlay
@@ -88,7 +88,7 @@ def benchmark(sam_model: str = "vit_b", canonicalizers: tuple[str, ...] = ("wrn-
                 "input_size": model.preprocess_config["input_size"],
                 "precision": str(model.compute_dtype).removeprefix("torch."),
                 "serving_ms": median_ms(lambda: model.logits(photo), repeats),
-                **{f"network_{dtype}_ms": _network_ms(model, x, dtype, repeats) for dtype in ("float32", "bfloat16")},
+                **{f"network_{dtype}_ms": _network_ms(model, x, dtype, repeats) for dtype in PRECISIONS},
                 "escnn_ms": median_ms(lambda: escnn_model(x), repeats),
                 "parameters": _free_parameters(model),
             }
@@ -231,7 +231,7 @@ def bench_table(summary: dict) -> str:
         rows += [f"| canonicalizer {name} ({figures['input_size']} px, {figures['precision']}): serving "
                  f"(preprocess + network) | {figures['serving_ms']:.0f} ms |"]
         rows += [f"| canonicalizer {name}: network, plain torch, {dtype} | {figures[f'network_{dtype}_ms']:.0f} ms |"
-                 for dtype in ("float32", "bfloat16") if figures[f"network_{dtype}_ms"] is not None]
+                 for dtype in PRECISIONS if figures[f"network_{dtype}_ms"] is not None]
         rows += [f"| canonicalizer {name}: network, escnn, float32 | {figures['escnn_ms']:.0f} ms |"]
     rows += [f"| overhead ({summary['canonicalizer']} / encoder) | {100 * summary['overhead_ratio']:.1f} % |",
              f"| click on a turned photo, embeddings cached (2 decoders + mapping + 2 overlays) | "
