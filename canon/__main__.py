@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     orientation.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     orientation.add_argument("--input-size", type=int, default=None,
                              help="run the network on inputs of this side instead of its own (cost: its square)")
-    orientation.add_argument("--precision", choices=("float32", "bfloat16"), default=None,
+    orientation.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default=None,
                              help="run the network in this arithmetic instead of the model's own")
     orientation.add_argument("--recheck-margin", type=float, default=None, metavar="M",
                              help="count photos whose best two scores are within M as near-ties (a second look in "

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from . import geometry
-from .canonicalizer import PRECISIONS, Canonicalizer, bfloat16_is_native
+from .canonicalizer import PRECISIONS, Canonicalizer, bfloat16_is_native, trunk_arithmetic
 from .images import load_image
-from .networks import EscnnWRN
+from .networks import EscnnWRN, int8_is_native
 from .render import overlay
 from .segmenter import SAM_ARCHITECTURES, EquivariantSegmenter, Prompts, SamBackend, build_sam, pick_device
 
@@ -44,11 +44,13 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _network_ms(canonicalizer: Canonicalizer, x: torch.Tensor, dtype: str, repeats: int) -> float | None:
-    """The network alone on the preprocessed ``x`` with its trunk in ``dtype``; None where bfloat16 is not native."""
-    if dtype == "bfloat16" and not bfloat16_is_native(canonicalizer.device):
+def _network_ms(canonicalizer: Canonicalizer, x: torch.Tensor, precision: str, repeats: int) -> float | None:
+    """The network alone on the preprocessed ``x`` in ``precision``; None where the device does not have it
+    natively (the canonicalizer would compute in the next precision down)."""
+    dtype, int8 = trunk_arithmetic(precision, canonicalizer.device)
+    if (precision == "int8") != int8 or (precision == "float32") != (dtype == torch.float32):
         return None
-    return median_ms(lambda: canonicalizer.network(x, getattr(torch, dtype)), repeats)
+    return median_ms(lambda: canonicalizer.network(x, dtype, int8), repeats)
 
 
 def _free_parameters(canonicalizer: Canonicalizer) -> int:
@@ -86,9 +88,9 @@ def benchmark(sam_model: str = "vit_b", canonicalizers: tuple[str, ...] = ("wrn-
         with torch.inference_mode():
             per_model[name] = {
                 "input_size": model.preprocess_config["input_size"],
-                "precision": str(model.compute_dtype).removeprefix("torch."),
+                "precision": model.served_precision,
                 "serving_ms": median_ms(lambda: model.logits(photo), repeats),
-                **{f"network_{dtype}_ms": _network_ms(model, x, dtype, repeats) for dtype in PRECISIONS},
+                **{f"network_{precision}_ms": _network_ms(model, x, precision, repeats) for precision in PRECISIONS},
                 "escnn_ms": median_ms(lambda: escnn_model(x), repeats),
                 "parameters": _free_parameters(model),
             }
@@ -205,8 +207,8 @@ def _peak_rss_mb() -> float:
 
 
 def machine_description() -> str:
-    """``x86_64 AMD EPYC (family 26 model 2, bfloat16), 2 cores``: what figures are quoted with. CPUs of one name
-    differ several-fold here (AVX-512, bfloat16), so the family and model numbers are part of it."""
+    """``x86_64 AMD EPYC (family 26 model 2, bfloat16, VNNI), 2 cores``: what figures are quoted with. CPUs of one name
+    differ several-fold here (AVX-512, bfloat16, 8-bit dot products), so the family and model numbers are part of it."""
     name, fields = platform.processor() or "unknown CPU", {}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -219,6 +221,8 @@ def machine_description() -> str:
     details = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields else []
     if bfloat16_is_native(torch.device("cpu")):
         details.append("bfloat16")
+    if int8_is_native(torch.device("cpu")):
+        details.append("VNNI")
     suffix = f" ({', '.join(details)})" if details else ""
     return f"{platform.machine()} {name}{suffix}, {os.cpu_count()} cores"
 
@@ -230,8 +234,9 @@ def bench_table(summary: dict) -> str:
     for name, figures in summary["canonicalizers"].items():
         rows += [f"| canonicalizer {name} ({figures['input_size']} px, {figures['precision']}): serving "
                  f"(preprocess + network) | {figures['serving_ms']:.0f} ms |"]
-        rows += [f"| canonicalizer {name}: network, plain torch, {dtype} | {figures[f'network_{dtype}_ms']:.0f} ms |"
-                 for dtype in PRECISIONS if figures[f"network_{dtype}_ms"] is not None]
+        rows += [f"| canonicalizer {name}: network, plain torch, {precision} | "
+                 f"{figures[f'network_{precision}_ms']:.0f} ms |"
+                 for precision in PRECISIONS if figures.get(f"network_{precision}_ms") is not None]
         rows += [f"| canonicalizer {name}: network, escnn, float32 | {figures['escnn_ms']:.0f} ms |"]
     rows += [f"| overhead ({summary['canonicalizer']} / encoder) | {100 * summary['overhead_ratio']:.1f} % |",
              f"| click on a turned photo, embeddings cached (2 decoders + mapping + 2 overlays) | "

@@ -34,7 +34,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from . import geometry
-from .networks import ServingWRN
+from .networks import ServingWRN, int8_is_native
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _same_parity(value: int, reference: int) -> int:
     return value if (reference - value) % 2 == 0 else value + 1 if value < reference else value - 1
 
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "int8")
 _MIRRORED_INDEX = [(-j) % geometry.GROUP_ORDER for j in range(geometry.GROUP_ORDER)]
 
 
@@ -140,6 +140,15 @@ def bfloat16_is_native(device: torch.device) -> bool:
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def trunk_arithmetic(precision: str, device: torch.device) -> tuple[torch.dtype, bool]:
+    """``(dtype, int8)`` the network's trunk computes in for ``precision`` on ``device``
+    (:meth:`ServingWRN.forward <canon.networks.ServingWRN.forward>`'s arguments): what ``precision`` names where the
+    device has it natively, else the next one down (int8 -> bfloat16 -> float32), which is faster there."""
+    int8 = precision == "int8" and int8_is_native(device)
+    dtype = torch.bfloat16 if precision != "float32" and bfloat16_is_native(device) else torch.float32
+    return dtype, int8
+
+
 class Canonicalizer(nn.Module, PyTorchModelHubMixin,
                     library_name="canon", tags=["equivariance", "canonicalization", "segment-anything"],
                     license="mit"):
@@ -147,10 +156,11 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
 
     ``Canonicalizer.from_pretrained(dir_or_repo_id)`` reads ``config.json`` (these constructor arguments) and
     ``model.safetensors`` (the network's state dict under ``network.``). :meth:`canonicalize` is the entry point.
-    ``precision`` is the trunk's arithmetic: ``float32``, or ``bfloat16`` where the device has it natively
-    (:attr:`compute_dtype`), with near-ties (top two activations within ``recheck_margin``) decided again in
-    float32 (:meth:`logits`), and with ``mirror_average`` also by the activations of the mirrored image: a second
-    opinion that costs a pass only on near-ties.
+    ``precision`` is the trunk's arithmetic: ``float32``; ``bfloat16`` where the device has it natively
+    (:attr:`compute_dtype`); or ``int8``, 8-bit convolutions where the device has them (:attr:`computes_int8`),
+    their sums and the rest in :attr:`compute_dtype`. With either of the last two, near-ties (top two activations
+    within ``recheck_margin``) are decided again in float32 (:meth:`logits`), and with ``mirror_average`` also by the
+    activations of the mirrored image: a second opinion that costs a pass only on near-ties.
     Results are cached per C4 orbit (``cache_size`` entries), so rotated copies of one photo cost one pass.
     """
 
@@ -162,7 +172,7 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
         if architecture != "wrn" or group_order != geometry.GROUP_ORDER:
             raise ValueError(f"unsupported canonicalizer: architecture={architecture!r}, group_order={group_order}")
         if precision not in PRECISIONS:
-            raise ValueError(f"precision takes {' or '.join(PRECISIONS)}, got {precision!r}")
+            raise ValueError(f"precision takes one of {', '.join(PRECISIONS)}; got {precision!r}")
         self.network = ServingWRN(kernel_size, out_channels, num_layers, group_order)
         self.precision = precision
         self.recheck_margin = recheck_margin
@@ -195,28 +205,41 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """bfloat16 where :attr:`precision` asks for it and the device computes it natively (a GPU with bfloat16,
-        a CPU with AVX512-BF16 or AMX); float32 elsewhere, where bfloat16 would be emulated and slower."""
-        if self.precision == "bfloat16" and bfloat16_is_native(self.device):
-            return torch.bfloat16
-        return torch.float32
+        """bfloat16 where :attr:`precision` is ``bfloat16`` or ``int8`` and the device computes it natively (a GPU
+        with bfloat16, a CPU with AVX512-BF16 or AMX); float32 elsewhere, where bfloat16 would be emulated and
+        slower."""
+        return trunk_arithmetic(self.precision, self.device)[0]
+
+    @property
+    def computes_int8(self) -> bool:
+        """Whether the first pass convolves in 8-bit integers: :attr:`precision` is ``int8`` and the device has
+        8-bit dot products (a CPU with VNNI; see :func:`canon.networks.int8_is_native`). Elsewhere ``int8`` means
+        :attr:`compute_dtype` throughout."""
+        return trunk_arithmetic(self.precision, self.device)[1]
+
+    @property
+    def served_precision(self) -> str:
+        """The arithmetic of the first pass on this device: ``int8``, ``bfloat16`` or ``float32``."""
+        dtype, int8 = trunk_arithmetic(self.precision, self.device)
+        return "int8" if int8 else str(dtype).removeprefix("torch.")
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray) -> np.ndarray:
         """Group activations (float64 array of 4) of the network on ``image`` as given (no orbit trick).
 
-        A first pass runs in :attr:`compute_dtype`. When its best two activations are within ``recheck_margin`` of
-        each other, the near-tie is decided by a second look: in float32 (bfloat16 moves the activations by a few
-        tenths, 0.34 at most for wrn-c4-paper on the shared photos, enough to swap a near-tie), and, with
-        ``mirror_average``, as the mean of the float32 activations on the image and on its left-right mirror. A
+        A first pass runs in :attr:`served_precision`. When its best two activations are within ``recheck_margin``
+        of each other, the near-tie is decided by a second look: in float32 (bfloat16 moves the activations by a few
+        tenths, 0.34 at most for wrn-c4-paper on the shared photos, int8 convolutions 0.40: enough to swap a
+        near-tie), and, with ``mirror_average``, as the mean of the float32 activations on the image and on its
+        left-right mirror. A
         mirrored photo turned by ``j`` is the mirror of the photo turned by ``-j``, so index ``j`` of the first pairs
         with index ``-j`` of the second, and the result is still exactly C4-equivariant."""
         x = self.preprocess(image)
-        dtype = self.compute_dtype
-        activations = self.network(x, dtype)[0]
+        dtype, int8 = trunk_arithmetic(self.precision, self.device)
+        activations = self.network(x, dtype, int8)[0]
         top_two = torch.topk(activations, 2).values
         if top_two[0] - top_two[1] < self.recheck_margin:
-            if dtype != torch.float32:
+            if dtype != torch.float32 or int8:
                 activations = self.network(x)[0]
             if self.mirror_average:
                 mirrored = self.network(x.flip(-1))[0]  # the preprocessing commutes with a left-right mirror

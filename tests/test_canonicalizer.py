@@ -9,6 +9,7 @@ from canon import geometry
 from canon.canonicalizer import (Canonicalizer, bfloat16_is_native, orbit_representative, paper_preprocess,
                                    prior_loss)
 from canon.images import load_image
+from canon.networks import int8_is_native
 from conftest import float32_logits
 
 
@@ -92,26 +93,27 @@ def test_from_pretrained_refuses_an_incomplete_file(paper_canonicalizer, tmp_pat
         Canonicalizer.load(str(tmp_path / "broken"))
 
 
-def test_the_paper_model_is_served_in_bfloat16_with_float32_decisions(paper_canonicalizer, photo):
-    assert (paper_canonicalizer.precision, paper_canonicalizer.recheck_margin) == ("bfloat16", 1.0)
+def test_the_paper_model_is_served_in_8_bits_with_float32_decisions(paper_canonicalizer, photo):
+    assert (paper_canonicalizer.precision, paper_canonicalizer.recheck_margin) == ("int8", 1.0)
     assert paper_canonicalizer.mirror_average  # near-ties get the mirror's look too
-    if not bfloat16_is_native(paper_canonicalizer.device):
-        pytest.skip("this CPU has no native bfloat16")
-    assert paper_canonicalizer.compute_dtype == torch.bfloat16
+    cpu = paper_canonicalizer.device
+    assert paper_canonicalizer.served_precision == ("int8" if int8_is_native(cpu) else
+                                                    "bfloat16" if bfloat16_is_native(cpu) else "float32")
     image = photo[:, ::-1].copy()
     base = paper_canonicalizer.canonicalize(image)
     assert base.k == int(np.argmax(float32_logits(paper_canonicalizer, image)))
-    for k in range(1, 4):  # exactly equivariant in bfloat16 too: one network pass on the orbit's representative
+    for k in range(1, 4):  # exactly equivariant in 8 bits too: one network pass on the orbit's representative
         decision = paper_canonicalizer.canonicalize(geometry.rotate_image(image, k))
         assert decision.k == (base.k + k) % 4
         assert np.array_equal(decision.canonical_image, base.canonical_image)
 
 
-def test_bfloat16_near_ties_are_decided_in_float32(paper_canonicalizer, photo):
-    reduced = Canonicalizer(precision="bfloat16", recheck_margin=0.0)
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_reduced_precision_near_ties_are_decided_in_float32(paper_canonicalizer, photo, precision):
+    reduced = Canonicalizer(precision=precision, recheck_margin=0.0)
     reduced.load_state_dict(paper_canonicalizer.state_dict())
-    if reduced.compute_dtype != torch.bfloat16:
-        pytest.skip("this CPU has no native bfloat16")
+    if reduced.served_precision != precision:
+        pytest.skip(f"this CPU has no native {precision}")
     exact = float32_logits(paper_canonicalizer, photo)
     assert not np.array_equal(reduced.logits(photo), exact)  # never rechecked: bfloat16's own activations
     np.testing.assert_allclose(reduced.logits(photo), exact, atol=0.5)
@@ -122,9 +124,22 @@ def test_bfloat16_near_ties_are_decided_in_float32(paper_canonicalizer, photo):
 def test_bfloat16_falls_back_to_float32_where_it_would_be_emulated(paper_canonicalizer, photo, monkeypatch):
     import canon.canonicalizer
 
+    reduced = Canonicalizer(precision="bfloat16", recheck_margin=0.0)
+    reduced.load_state_dict(paper_canonicalizer.state_dict())
     monkeypatch.setattr(canon.canonicalizer, "bfloat16_is_native", lambda device: False)
-    assert paper_canonicalizer.compute_dtype == torch.float32
-    assert np.array_equal(paper_canonicalizer.logits(photo), float32_logits(paper_canonicalizer, photo))
+    assert reduced.compute_dtype == torch.float32 and reduced.served_precision == "float32"
+    assert np.array_equal(reduced.logits(photo), float32_logits(paper_canonicalizer, photo))
+
+
+def test_int8_falls_back_to_the_next_precision_where_it_is_not_native(paper_canonicalizer, photo, monkeypatch):
+    import canon.canonicalizer
+
+    quantized, bfloat16 = (Canonicalizer(precision=p, recheck_margin=0.0) for p in ("int8", "bfloat16"))
+    for model in (quantized, bfloat16):
+        model.load_state_dict(paper_canonicalizer.state_dict())
+    monkeypatch.setattr(canon.canonicalizer, "int8_is_native", lambda device: False)
+    assert not quantized.computes_int8 and quantized.served_precision == bfloat16.served_precision
+    assert np.array_equal(quantized.logits(photo), bfloat16.logits(photo))
 
 
 def test_near_ties_are_decided_with_the_mirror(paper_canonicalizer, photo):
@@ -148,5 +163,5 @@ def test_near_ties_are_decided_with_the_mirror(paper_canonicalizer, photo):
 
 
 def test_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match="precision takes float32 or bfloat16"):
+    with pytest.raises(ValueError, match="precision takes one of float32, bfloat16, int8; got 'float16'"):
         Canonicalizer(precision="float16")

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from canon.networks import EscnnWRN, ServingWRN, all_convs, layer_plan
+from canon.networks import EscnnWRN, ServingWRN, _QuantizedConv, all_convs, int8_is_native, layer_plan
 
 SMALL = dict(kernel_size=3, out_channels=16, num_layers=3, group_order=4)
 
@@ -86,6 +87,48 @@ def test_bfloat16_trunk_stays_close_to_float32():
         assert serving.prepare(torch.bfloat16)["stem"][0].is_contiguous(memory_format=torch.channels_last)
         assert serving.prepare(torch.bfloat16)["head"][0].dtype == torch.float32  # the pooled head sums in float32
         assert torch.equal(serving(x), exact)  # the float32 filters are kept beside the bfloat16 ones
+    assert reduced.dtype == torch.float32
+    assert not torch.equal(reduced, exact)
+    assert torch.allclose(reduced, exact, atol=0.05 * exact.abs().max().item()), (reduced - exact).abs().max()
+
+
+needs_int8 = pytest.mark.skipif(not int8_is_native(torch.device("cpu")), reason="this CPU has no 8-bit dot products")
+
+
+@needs_int8
+@pytest.mark.parametrize("padding, relu, dtype", [(0, False, torch.float32), (2, True, torch.bfloat16)])
+def test_int8_convolution_is_the_float_convolution_of_its_quantized_operands(padding, relu, dtype):
+    torch.manual_seed(0)
+    weight, bias = torch.randn(8, 6, 5, 5), torch.randn(8)
+    weight[3] = 0  # a channel of zero filters must not divide by zero
+    x = torch.rand(2, 6, 12, 12).contiguous(memory_format=torch.channels_last) * 3
+    conv = _QuantizedConv.from_float(weight, bias, padding)
+    out = conv(x.to(dtype), relu, dtype)
+    assert out.dtype == dtype and out.shape == (2, 8, 12 - 4 + 2 * padding, 12 - 4 + 2 * padding)
+    # Quantized operands by hand: the integer sums are exact, so only the final rescaling differs by float rounding.
+    x_scale = x.to(dtype).amax().float() / 255
+    x_levels = torch.round(x.to(dtype).float() / x_scale)
+    w_scales = weight.abs().amax(dim=(1, 2, 3)).clamp_min(torch.finfo(torch.float32).tiny) / 127
+    w_levels = torch.round(weight / w_scales[:, None, None, None])
+    assert x_levels.max() == 255 and w_levels.abs().amax(dim=(1, 2, 3))[[0, 1, 2, 4]].eq(127).all()
+    expected = F.conv2d(x_levels * x_scale, w_levels * w_scales[:, None, None, None], bias, padding=padding)
+    expected = F.relu(expected) if relu else expected
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), expected, atol=tolerance * expected.abs().max().item(), rtol=0)
+    zero_filters = (F.relu(bias[3]) if relu else bias[3]).to(dtype).float()  # their bias alone, exactly
+    assert torch.equal(out[:, 3].float(), zero_filters.expand(2, *out.shape[2:]))
+    assert not torch.allclose(out.float(), F.conv2d(x, weight, bias, padding=padding), atol=1e-4)  # it is 8-bit
+
+
+@needs_int8
+def test_int8_trunk_stays_close_to_float32():
+    serving = ServingWRN.from_escnn_state(randomised_escnn().state_dict(), **SMALL)
+    x = torch.rand(2, 3, 40, 40)
+    with torch.no_grad():
+        exact = serving(x)
+        reduced = serving(x, torch.float32, int8=True)
+        assert isinstance(serving.prepare(torch.float32, int8=True)["stem"], _QuantizedConv)
+        assert torch.equal(serving(x), exact)  # the float32 filters are kept beside the 8-bit ones
     assert reduced.dtype == torch.float32
     assert not torch.equal(reduced, exact)
     assert torch.allclose(reduced, exact, atol=0.05 * exact.abs().max().item()), (reduced - exact).abs().max()
