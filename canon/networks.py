@@ -437,8 +437,9 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def int8_is_native(device: torch.device) -> bool:
-    """Whether :class:`_QuantizedConv` runs on ``device``: a CPU with 8-bit dot products (AVX512-VNNI or AVX-VNNI,
-    without which oneDNN's 8-bit arithmetic can saturate) and a torch built with oneDNN's quantized convolution."""
+    """Whether :class:`_QuantizedConv` runs on ``device``: a CPU with AVX512-VNNI 8-bit dot products (without them
+    oneDNN's 8-bit arithmetic can saturate; torch 2.14 does not report AVX-VNNI, so those CPUs keep bfloat16 or
+    float32) and a torch built with oneDNN's quantized convolution."""
     return (device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.cpu._is_vnni_supported()
             and hasattr(torch.ops.onednn, "qconv2d_pointwise"))
 
