@@ -48,7 +48,7 @@ def _network_ms(canonicalizer: Canonicalizer, x: torch.Tensor, precision: str, r
     """The network alone on the preprocessed ``x`` in ``precision``; None where the device does not have it
     natively (the canonicalizer would compute in the next precision down)."""
     dtype, int8 = trunk_arithmetic(precision, canonicalizer.device)
-    if (precision == "int8") != int8 or (precision == "float32") != (dtype == torch.float32):
+    if not (int8 if precision == "int8" else dtype == getattr(torch, precision)):
         return None
     return median_ms(lambda: canonicalizer.network(x, dtype, int8), repeats)
 

@@ -392,8 +392,9 @@ class ServingWRN(nn.Module):
             # 412 -> 343 ms in bfloat16 at 128 px on a 2-core EPYC).
             convs = {key: (_channels_last(w.to(dtype)), b.to(dtype)) for key, (_, w, b) in convs.items()}
         # The pooled head stays float32 (it sums thousands of positions).
-        self._dense[dtype, int8] = {**convs, **affines, "head": self._pooled_head()}
-        return self._dense[dtype, int8]
+        prepared = {**convs, **affines, "head": self._pooled_head()}
+        self._dense[dtype, int8] = prepared
+        return prepared  # not re-read from the cache: another thread may clear it (load, .to(), training)
 
     def forward(self, x: torch.Tensor, dtype: torch.dtype = torch.float32, int8: bool = False) -> torch.Tensor:
         """``x``: ``B x 3 x S x S`` float in [0, 1] -> ``B x group_order`` float32 activations.
@@ -403,6 +404,10 @@ class ServingWRN(nn.Module):
         (:class:`_QuantizedConv`, oneDNN on a CPU, see :func:`int8_is_native`) and give their sums in ``dtype``."""
         if self.training:
             self._dense = {}
+        if int8 and x.device.type != "cpu":
+            raise ValueError(f"8-bit convolutions run on a CPU only, not on {x.device.type} (see int8_is_native)")
+        if int8 and x.min() < 0:  # inside the trunk every convolution's input is a ReLU's output
+            raise ValueError("8-bit convolutions take non-negative inputs: images in [0, 1], not normalised ones")
         d = self.prepare(dtype, int8)
 
         def conv(h, key, spec, relu=False):
@@ -446,12 +451,12 @@ def int8_is_native(device: torch.device) -> bool:
 
 class _QuantizedConv:
     """A convolution whose multiplications are 8-bit: filters quantized once per output channel (symmetric int8),
-    the non-negative input quantized per tensor on each call (uint8, scale ``max / 255``), sums exact in int32,
-    rescaled to floats with the bias added (and a ReLU, if asked) by oneDNN.
+    the non-negative input quantized per tensor on each call (uint8, scale ``max / 255``; one scale for a whole
+    batch), sums exact in int32, rescaled to floats with the bias added (and a ReLU, if asked) by oneDNN.
 
-    No calibration data: the input's scale is its own maximum. On the paper's network at 128 px the convolutions run
-    about twice as fast as in bfloat16 on a 2-core EPYC with AVX512-VNNI; the activations move by a few tenths, like
-    bfloat16's (the near-tie recheck in float32 covers both).
+    No calibration data: the input's scale is its own maximum. On a 2-core EPYC with AVX512-VNNI the paper's large
+    layers run about twice as fast as in bfloat16, its whole network at 128 px 1.7 times; the activations move by a
+    few tenths, like bfloat16's (the near-tie recheck in float32 covers both).
     """
 
     def __init__(self, packed: torch.Tensor, weight_scales: torch.Tensor, bias: torch.Tensor, padding: int):
@@ -469,9 +474,12 @@ class _QuantizedConv:
         return cls(packed, scales, bias.float(), padding)
 
     def __call__(self, x: torch.Tensor, relu: bool, dtype: torch.dtype) -> torch.Tensor:
-        """``x``: ``B x C_in x H x W`` non-negative floats (channels last) -> ``B x C_out x H' x W'`` in ``dtype``."""
+        """``x``: ``B x C_in x H x W`` non-negative floats (channels last; a negative value counts as 0) ->
+        ``B x C_out x H' x W'`` in ``dtype``."""
         scale = (x.amax().float() / 255).clamp_min(torch.finfo(torch.float32).tiny)
-        quantized = (x / scale).round_().to(torch.uint8)
+        # Scaled in float32: in bfloat16 the quotient would be rounded twice, one level off for about 5 % of values.
+        # Out of place: x is the block's input, which its shortcut reads again.
+        quantized = (x.float() / scale).round_().clamp_(0, 255).to(torch.uint8)
         return torch.ops.onednn.qconv2d_pointwise.tensor(
             quantized, scale, torch.zeros((), dtype=torch.int64), self.packed, self.weight_scales,
             self.weight_zero_points, self.bias, [1, 1], self.padding, [1, 1], 1, 1.0, 0, dtype,
