@@ -77,11 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     orientation.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default=None,
                              help="run the network in this arithmetic instead of the model's own")
     orientation.add_argument("--recheck-margin", type=float, default=None, metavar="M",
-                             help="count photos whose best two scores are within M as near-ties (a second look in "
-                                  "float32) instead of the model's own margin; inf: every photo")
+                             help="run the network again in float32 when a reduced-precision pass puts its best two "
+                                  "scores within M (plus the mirror margin, with the mirror) instead of the model's "
+                                  "own margin; inf: every photo in float32")
     orientation.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=None,
                              help="decide near-ties with the mirrored photo too, or not, instead of as the model's "
                                   "config.json says")
+    orientation.add_argument("--mirror-margin", type=float, default=None, metavar="M",
+                             help="near-ties for the mirror: best two float32 scores within M, instead of the "
+                                  "model's own margin; inf: every photo")
     orientation.add_argument("--split", choices=("all", "train", "validation"), default="all",
                              help="only the photos of one side of the training split (see python -m canon train)")
     _fold_arguments(orientation)
@@ -264,8 +268,9 @@ def _evaluate(args) -> None:
 
         if args.input_size is not None:
             _check_input_size(args.input_size)
-        if args.recheck_margin is not None and not args.recheck_margin >= 0:  # also refuses nan
-            raise CliError("--recheck-margin takes a number from 0 to inf")
+        for option in ("recheck_margin", "mirror_margin"):
+            if getattr(args, option) is not None and not getattr(args, option) >= 0:  # also refuses nan
+                raise CliError(f"--{option.replace('_', '-')} takes a number from 0 to inf")
         _check_fold(args)
         if args.split != "all":
             files = split_files(files, args.fold, args.folds)[args.split == "validation"]
@@ -285,6 +290,9 @@ def _evaluate(args) -> None:
         if args.mirror_average is not None:
             canonicalizer.mirror_average = args.mirror_average
             name = f"{name}, mirror average {'on' if args.mirror_average else 'off'}"
+        if args.mirror_margin is not None:
+            canonicalizer.mirror_margin = args.mirror_margin
+            name = f"{name}, mirror margin {args.mirror_margin:g}"
         summary = evaluate.orientation_accuracy(canonicalizer, files, name)
         _write_summary(target, summary, evaluate.orientation_table(summary))
         if args.plot:

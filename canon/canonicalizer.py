@@ -133,6 +133,12 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 _MIRRORED_INDEX = [(-j) % geometry.GROUP_ORDER for j in range(geometry.GROUP_ORDER)]
 
 
+def _margin(activations: torch.Tensor) -> float:
+    """Best minus second-best of a 1-d tensor of activations."""
+    top_two = torch.topk(activations, 2).values
+    return float(top_two[0] - top_two[1])
+
+
 def bfloat16_is_native(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 convolutions in hardware (GPU, or CPU with AVX512-BF16 / AMX)."""
     if device.type == "cuda":
@@ -158,16 +164,17 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
     ``model.safetensors`` (the network's state dict under ``network.``). :meth:`canonicalize` is the entry point.
     ``precision`` is the trunk's arithmetic: ``float32``; ``bfloat16`` where the device has it natively
     (:attr:`compute_dtype`); or ``int8``, 8-bit convolutions where the device has them (:attr:`computes_int8`),
-    their sums and the rest in :attr:`compute_dtype`. With either of the last two, near-ties (top two activations
-    within ``recheck_margin``) are decided again in float32 (:meth:`logits`), and with ``mirror_average`` also by the
-    activations of the mirrored image: a second opinion that costs a pass only on near-ties.
+    their sums and the rest in :attr:`compute_dtype`. With either of the last two, a first pass whose top two
+    activations are within ``recheck_margin`` is not trusted and the network runs again in float32 (:meth:`logits`).
+    With ``mirror_average``, near-ties (float32 top two within ``mirror_margin``) are decided by the activations of
+    the image and of its mirror together: a second opinion that costs a pass only on near-ties.
     Results are cached per C4 orbit (``cache_size`` entries), so rotated copies of one photo cost one pass.
     """
 
     def __init__(self, architecture: str = "wrn", kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12,
                  group_order: int = 4, canvas_size: int = 1024, crop_ratio: float = 0.9, input_size: int = 128,
                  cache_size: int = 64, precision: str = "float32", recheck_margin: float = 1.0,
-                 mirror_average: bool = False):
+                 mirror_average: bool = False, mirror_margin: float = 1.0):
         super().__init__()
         if architecture != "wrn" or group_order != geometry.GROUP_ORDER:
             raise ValueError(f"unsupported canonicalizer: architecture={architecture!r}, group_order={group_order}")
@@ -177,6 +184,7 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
         self.precision = precision
         self.recheck_margin = recheck_margin
         self.mirror_average = mirror_average
+        self.mirror_margin = mirror_margin
         self.preprocess_config = dict(canvas_size=canvas_size, crop_ratio=crop_ratio, input_size=input_size)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -227,23 +235,28 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
     def logits(self, image: np.ndarray) -> np.ndarray:
         """Group activations (float64 array of 4) of the network on ``image`` as given (no orbit trick).
 
-        A first pass runs in :attr:`served_precision`. When its best two activations are within ``recheck_margin``
-        of each other, the near-tie is decided by a second look: in float32 (bfloat16 moves the activations by a few
-        tenths, 0.34 at most for wrn-c4-paper on the shared photos, int8 convolutions 0.40: enough to swap a
-        near-tie), and, with ``mirror_average``, as the mean of the float32 activations on the image and on its
-        left-right mirror. A
-        mirrored photo turned by ``j`` is the mirror of the photo turned by ``-j``, so index ``j`` of the first pairs
-        with index ``-j`` of the second, and the result is still exactly C4-equivariant."""
+        The decision is meant to be float32's: the float32 activations, or, with ``mirror_average`` and when their
+        best two are within ``mirror_margin`` (a near-tie), the mean of the float32 activations on the image and on
+        its left-right mirror. A mirrored photo turned by ``j`` is the mirror of the photo turned by ``-j``, so index
+        ``j`` of the first pairs with index ``-j`` of the second, and the result is still exactly C4-equivariant.
+
+        A first pass runs in :attr:`served_precision`. Reduced precision moves the activations by a few tenths
+        (for wrn-c4-paper on the shared photos 0.34 at most in bfloat16, 0.46 with int8 convolutions), so its
+        margin between the best two is within ``recheck_margin`` (at least twice that) of float32's. Where the
+        first pass's margin clears ``recheck_margin``, plus ``mirror_margin`` with ``mirror_average``, its argmax is
+        float32's and float32 would see no near-tie, so it stands; otherwise the network runs again in float32 and
+        the rule above decides."""
         x = self.preprocess(image)
         dtype, int8 = trunk_arithmetic(self.precision, self.device)
         activations = self.network(x, dtype, int8)[0]
-        top_two = torch.topk(activations, 2).values
-        if top_two[0] - top_two[1] < self.recheck_margin:
-            if dtype != torch.float32 or int8:
-                activations = self.network(x)[0]
-            if self.mirror_average:
-                mirrored = self.network(x.flip(-1))[0]  # the preprocessing commutes with a left-right mirror
-                activations = (activations + mirrored[_MIRRORED_INDEX]) / 2
+        if dtype != torch.float32 or int8:
+            guard = self.recheck_margin + (self.mirror_margin if self.mirror_average else 0.0)
+            if _margin(activations) >= guard:
+                return activations.double().cpu().numpy()
+            activations = self.network(x)[0]
+        if self.mirror_average and _margin(activations) < self.mirror_margin:
+            mirrored = self.network(x.flip(-1))[0]  # the preprocessing commutes with a left-right mirror
+            activations = (activations + mirrored[_MIRRORED_INDEX]) / 2
         return activations.double().cpu().numpy()
 
     def canonicalize(self, image: np.ndarray) -> Canonicalization:

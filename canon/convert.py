@@ -24,12 +24,13 @@ from .networks import EscnnWRN
 WHEEL_MEMBER = "tutorials/images/utils/equivariant_wrn_c4.pt"
 WHEEL_SHA256 = "bd0fae2d8e755721995bc89cf7cbec72a4f20f981c45ddcb1137dc6a61a56d12"  # equiadapt-0.1.2-py3-none-any.whl
 CHECKPOINT_SHA256 = "7205a7f21b39cdf7a7cd18a6be58687e63476495de87f94a9c161ff1ed28c083"  # equivariant_wrn_c4.pt
-# 8-bit convolutions (or bfloat16) where the hardware has them, near-ties (within 1.0) decided again in float32 and
-# with the photo's mirror: on the 215 shared photos the decisions are float32's (the largest deviation there is 0.40
-# with int8 convolutions, 0.34 in bfloat16), and the mirror's look at near-ties recovers 181 of them instead of 174.
+# 8-bit convolutions (or bfloat16) where the hardware has them; a first pass within 1.0 (plus the mirror's margin) of
+# a tie is run again in float32, whose near-ties (within 1.0) are decided with the photo's mirror. On the 215 shared
+# photos the largest deviation of the first pass is 0.46 with int8 convolutions (0.34 in bfloat16), under half the
+# recheck margin, and the mirror's look at near-ties recovers 181 of them instead of 174.
 PAPER_CONFIG = dict(architecture="wrn", kernel_size=5, out_channels=64, num_layers=12, group_order=4,
                     canvas_size=1024, crop_ratio=0.9, input_size=128, precision="int8", recheck_margin=1.0,
-                    mirror_average=True)
+                    mirror_average=True, mirror_margin=1.0)
 
 EQUIADAPT_LICENSE = """MIT License
 
@@ -79,11 +80,12 @@ identity rotation on upright COCO photos), SAM frozen.
   [0, 1], no normalisation.
 - Arithmetic (`config.json`): the trunk's convolutions in 8 bits where the device has 8-bit dot products (a CPU with
   VNNI: filters per output channel, activations per tensor, scaled by their own maximum), their sums and the rest in
-  bfloat16 where the device has it natively (a CPU with AVX512-BF16 or AMX, a GPU), float32 elsewhere; when the two
-  best rotations are within `recheck_margin` (1.0) of each other, the network runs again in float32, and on the
-  left-right mirror of the photo too (`mirror_average`; the mirror turned by `-j` pairs with the photo turned by
-  `j`), and the mean of the two decides. On the 215 photos below the first pass's activations are within 0.40 of
-  float32's (0.34 in bfloat16 alone) and every decision is float32's.
+  bfloat16 where the device has it natively (a CPU with AVX512-BF16 or AMX, a GPU), float32 elsewhere. When the first
+  pass's two best rotations are within `recheck_margin` + `mirror_margin` (1.0 + 1.0) of each other, the network
+  runs again in float32; when float32's two best are within `mirror_margin` (a near-tie), it runs on the left-right
+  mirror of the photo too (`mirror_average`; the mirror turned by `-j` pairs with the photo turned by `j`), and the
+  mean of the two decides. On the 215 photos below the first pass's activations are within 0.46 of float32's (0.34
+  in bfloat16 alone), under half of `recheck_margin`, so every decision is the one float32 makes.
 - Use: `Canonicalizer.from_pretrained(this_folder_or_repo_id).canonicalize(image)` from the `canon` library.
 
 ## Figures

@@ -6,10 +6,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from canon import geometry
-from canon.canonicalizer import (Canonicalizer, bfloat16_is_native, orbit_representative, paper_preprocess,
-                                   prior_loss)
+from canon.canonicalizer import Canonicalizer, orbit_representative, paper_preprocess, prior_loss, trunk_arithmetic
 from canon.images import load_image
-from canon.networks import int8_is_native
 from conftest import float32_logits
 
 
@@ -96,9 +94,6 @@ def test_from_pretrained_refuses_an_incomplete_file(paper_canonicalizer, tmp_pat
 def test_the_paper_model_is_served_in_8_bits_with_float32_decisions(paper_canonicalizer, photo):
     assert (paper_canonicalizer.precision, paper_canonicalizer.recheck_margin) == ("int8", 1.0)
     assert paper_canonicalizer.mirror_average  # near-ties get the mirror's look too
-    cpu = paper_canonicalizer.device
-    assert paper_canonicalizer.served_precision == ("int8" if int8_is_native(cpu) else
-                                                    "bfloat16" if bfloat16_is_native(cpu) else "float32")
     image = photo[:, ::-1].copy()
     base = paper_canonicalizer.canonicalize(image)
     assert base.k == int(np.argmax(float32_logits(paper_canonicalizer, image)))
@@ -115,10 +110,38 @@ def test_reduced_precision_near_ties_are_decided_in_float32(paper_canonicalizer,
     if reduced.served_precision != precision:
         pytest.skip(f"this CPU has no native {precision}")
     exact = float32_logits(paper_canonicalizer, photo)
-    assert not np.array_equal(reduced.logits(photo), exact)  # never rechecked: bfloat16's own activations
+    dtype, int8 = trunk_arithmetic(precision, reduced.device)
+    with torch.inference_mode():
+        x = reduced.preprocess(photo)
+        first_pass, without_int8 = (reduced.network(x, dtype, flag)[0].double().numpy() for flag in (int8, False))
+    assert np.array_equal(reduced.logits(photo), first_pass)  # never rechecked: the first pass's own activations
+    assert not np.array_equal(first_pass, exact)
+    assert int8 == (precision == "int8") and int8 != np.array_equal(first_pass, without_int8)
     np.testing.assert_allclose(reduced.logits(photo), exact, atol=0.5)
     reduced.recheck_margin = float("inf")  # every photo is a near-tie: float32 decides
     assert np.array_equal(reduced.logits(photo), exact)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_near_ties_are_float32_ones_whatever_the_first_pass_says(paper_canonicalizer, photo, precision):
+    reduced = Canonicalizer(precision=precision, recheck_margin=1.0, mirror_average=True)
+    reduced.load_state_dict(paper_canonicalizer.state_dict())
+    if reduced.served_precision != precision:
+        pytest.skip(f"this CPU has no native {precision}")
+    dtype, int8 = trunk_arithmetic(precision, reduced.device)
+    with torch.inference_mode():
+        x = reduced.preprocess(photo)
+        margins = [float(a[0] - a[1]) for a in (torch.topk(reduced.network(x, *arithmetic)[0], 2).values
+                                                for arithmetic in ((dtype, int8), (torch.float32, False)))]
+    first_pass, exact = margins
+    mirror = photo[:, ::-1].copy()
+    averaged = (float32_logits(paper_canonicalizer, photo)
+                + float32_logits(paper_canonicalizer, mirror)[[0, 3, 2, 1]]) / 2
+    # A near-tie threshold between the two margins: the first pass and float32 disagree on whether this photo is one.
+    for threshold in (exact + (first_pass - exact) / 2, exact - (first_pass - exact) / 2):
+        reduced.mirror_margin = threshold
+        expected = averaged if exact < threshold else float32_logits(paper_canonicalizer, photo)
+        np.testing.assert_allclose(reduced.logits(photo), expected, atol=1e-5)
 
 
 def test_bfloat16_falls_back_to_float32_where_it_would_be_emulated(paper_canonicalizer, photo, monkeypatch):
@@ -143,7 +166,7 @@ def test_int8_falls_back_to_the_next_precision_where_it_is_not_native(paper_cano
 
 
 def test_near_ties_are_decided_with_the_mirror(paper_canonicalizer, photo):
-    averaged = Canonicalizer(mirror_average=True, recheck_margin=float("inf"))  # every photo is a near-tie
+    averaged = Canonicalizer(mirror_average=True, mirror_margin=float("inf"))  # every photo is a near-tie
     averaged.load_state_dict(paper_canonicalizer.state_dict())
     mirror = photo[:, ::-1].copy()
     turned_back = [0, 3, 2, 1]  # the mirror of the photo turned by j is the mirror turned by -j
@@ -158,7 +181,7 @@ def test_near_ties_are_decided_with_the_mirror(paper_canonicalizer, photo):
     assert averaged.canonicalize(mirror).k == (-base.k) % 4  # and the mirrored photo gets the mirrored decision
     for k in range(4):
         assert averaged.canonicalize(geometry.rotate_image(mirror, k)).k == (k - base.k) % 4
-    averaged.recheck_margin = 0.0  # no near-tie: the first pass decides alone
+    averaged.mirror_margin = 0.0  # no near-tie: the first pass decides alone
     assert np.array_equal(averaged.logits(photo), float32_logits(paper_canonicalizer, photo))
 
 

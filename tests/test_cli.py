@@ -97,13 +97,14 @@ def test_evaluate_orientation_on_one_side_of_the_split_at_another_input_size(tmp
         (folder / path.name).write_bytes(path.read_bytes())
     assert main(["evaluate", "orientation", "--images", str(folder), "--input-size", "64", "--split", "validation",
                  "--fold", "4", "--precision", "float32", "--recheck-margin", "inf", "--mirror-average",
-                 "--json", str(tmp_path / "fold.json")]) == 0
+                 "--mirror-margin", "inf", "--json", str(tmp_path / "fold.json")]) == 0
     summary = json.loads((tmp_path / "fold.json").read_text())
     assert summary["n_images"] == 2
-    assert summary["model"].endswith("at 64 px in float32, recheck margin inf, mirror average on")
-    assert main(["evaluate", "orientation", "--images", str(folder), "--recheck-margin", "-1",
-                 "--json", str(tmp_path / "other.json")]) == 2
-    assert "--recheck-margin takes" in capsys.readouterr().err
+    assert summary["model"].endswith("at 64 px in float32, recheck margin inf, mirror average on, mirror margin inf")
+    for option, value in (("--recheck-margin", "-1"), ("--mirror-margin", "nan")):
+        assert main(["evaluate", "orientation", "--images", str(folder), option, value,
+                     "--json", str(tmp_path / "other.json")]) == 2
+        assert f"{option} takes a number from 0 to inf" in capsys.readouterr().err
     assert main(["evaluate", "orientation", "--images", str(folder), "--input-size", "4",
                  "--json", str(tmp_path / "other.json")]) == 2
     assert "--input-size takes" in capsys.readouterr().err
