@@ -255,6 +255,15 @@ def _write_summary(target: Path, summary: dict, table: str) -> None:
     print(table)
 
 
+# evaluate orientation's options that set a Canonicalizer attribute of the same name, and how each names the run.
+_ORIENTATION_OVERRIDES = {
+    "precision": lambda value: f" in {value}",
+    "recheck_margin": lambda value: f", recheck margin {value:g}",
+    "mirror_average": lambda value: f", mirror average {'on' if value else 'off'}",
+    "mirror_margin": lambda value: f", mirror margin {value:g}",
+}
+
+
 def _evaluate(args) -> None:
     from . import evaluate
 
@@ -281,18 +290,11 @@ def _evaluate(args) -> None:
         if args.input_size is not None:
             canonicalizer.preprocess_config["input_size"] = args.input_size
             name = f"{name} at {args.input_size} px"
-        if args.precision is not None:
-            canonicalizer.precision = args.precision
-            name = f"{name} in {args.precision}"
-        if args.recheck_margin is not None:
-            canonicalizer.recheck_margin = args.recheck_margin
-            name = f"{name}, recheck margin {args.recheck_margin:g}"
-        if args.mirror_average is not None:
-            canonicalizer.mirror_average = args.mirror_average
-            name = f"{name}, mirror average {'on' if args.mirror_average else 'off'}"
-        if args.mirror_margin is not None:
-            canonicalizer.mirror_margin = args.mirror_margin
-            name = f"{name}, mirror margin {args.mirror_margin:g}"
+        for attribute, label in _ORIENTATION_OVERRIDES.items():  # options that replace the model's config.json
+            value = getattr(args, attribute)
+            if value is not None:
+                setattr(canonicalizer, attribute, value)
+                name += label(value)
         summary = evaluate.orientation_accuracy(canonicalizer, files, name)
         _write_summary(target, summary, evaluate.orientation_table(summary))
         if args.plot:
