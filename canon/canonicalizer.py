@@ -163,7 +163,7 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
     ``Canonicalizer.from_pretrained(dir_or_repo_id)`` reads ``config.json`` (these constructor arguments) and
     ``model.safetensors`` (the network's state dict under ``network.``). :meth:`canonicalize` is the entry point.
     ``precision`` is the trunk's arithmetic: ``float32``; ``bfloat16`` where the device has it natively
-    (:attr:`compute_dtype`); or ``int8``, 8-bit convolutions where the device has them (:attr:`computes_int8`),
+    (:attr:`compute_dtype`); or ``int8``, 8-bit convolutions where the device has them (:attr:`served_precision`),
     their sums and the rest in :attr:`compute_dtype`. With either of the last two, a first pass whose top two
     activations are within ``recheck_margin`` is not trusted and the network runs again in float32 (:meth:`logits`).
     With ``mirror_average``, near-ties (float32 top two within ``mirror_margin``) are decided by the activations of
@@ -219,15 +219,10 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
         return trunk_arithmetic(self.precision, self.device)[0]
 
     @property
-    def computes_int8(self) -> bool:
-        """Whether the first pass convolves in 8-bit integers: :attr:`precision` is ``int8`` and the device has
-        8-bit dot products (a CPU with VNNI; see :func:`canon.networks.int8_is_native`). Elsewhere ``int8`` means
-        :attr:`compute_dtype` throughout."""
-        return trunk_arithmetic(self.precision, self.device)[1]
-
-    @property
     def served_precision(self) -> str:
-        """The arithmetic of the first pass on this device: ``int8``, ``bfloat16`` or ``float32``."""
+        """The arithmetic of the first pass on this device: ``int8`` where :attr:`precision` is ``int8`` and the
+        device has 8-bit dot products (a CPU with VNNI; see :func:`canon.networks.int8_is_native`), else
+        :attr:`compute_dtype`'s name, ``bfloat16`` or ``float32``."""
         dtype, int8 = trunk_arithmetic(self.precision, self.device)
         return "int8" if int8 else str(dtype).removeprefix("torch.")
 
