@@ -462,6 +462,7 @@ class _QuantizedConv:
     def __init__(self, packed: torch.Tensor, weight_scales: torch.Tensor, bias: torch.Tensor, padding: int):
         self.packed, self.weight_scales, self.bias, self.padding = packed, weight_scales, bias, [padding, padding]
         self.weight_zero_points = torch.zeros(len(weight_scales), dtype=torch.int64)
+        self.input_zero_point = torch.zeros((), dtype=torch.int64)  # uint8 inputs are non-negative: levels from 0
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor, padding: int) -> "_QuantizedConv":
@@ -481,7 +482,7 @@ class _QuantizedConv:
         # Out of place: x is the block's input, which its shortcut reads again.
         quantized = (x.float() / scale).round_().clamp_(0, 255).to(torch.uint8)
         return torch.ops.onednn.qconv2d_pointwise.tensor(
-            quantized, scale, torch.zeros((), dtype=torch.int64), self.packed, self.weight_scales,
+            quantized, scale, self.input_zero_point, self.packed, self.weight_scales,
             self.weight_zero_points, self.bias, [1, 1], self.padding, [1, 1], 1, 1.0, 0, dtype,
             "relu" if relu else "none", [], "")
 
