@@ -11,9 +11,9 @@ Two implementations share one layer plan (:func:`layer_plan`):
   ``equivariant_wrn_c4.pt`` loads into it strictly. It is what training uses.
 * :class:`ServingWRN` holds the same free parameters (escnn's steerable-basis coefficients, biases and batch-norm
   statistics) plus the four sampled bases, and expands them into ordinary convolution filters with one ``einsum`` each
-  (kept channels last; in float32, bfloat16, or 8 bits for oneDNN's integer convolution). It imports nothing from escnn and builds no basis at start-up; batch norm is folded into the
-  convolutions. Its state dict is what ``weights/*/model.safetensors`` stores
-  (:class:`huggingface_hub.PyTorchModelHubMixin` layout).
+  (kept channels last; in float32, bfloat16, or 8 bits for oneDNN's integer convolution). It imports nothing from
+  escnn and builds no basis at start-up; batch norm is folded into the convolutions. Its state dict is what
+  ``weights/*/model.safetensors`` stores (:class:`huggingface_hub.PyTorchModelHubMixin` layout).
 
 Both return group activations of shape ``B x 4`` for an input ``B x 3 x S x S`` (floats in [0, 1]). Rotating the
 input by ``k`` quarter turns counter-clockwise rolls the activations by ``k``: ``act(rot90(x, k)) = roll(act(x), k)``.
