@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "input size, e.g. wrn-c4-paper at 128 px")
     train.add_argument("--distill-weight", type=float, default=0.5,
                        help="weight of the distillation term against the prior (with --teacher; default 0.5)")
+    train.add_argument("--probe", default=None, metavar="BASE",
+                       help="instead of training a network, fit an equivariant linear probe on the frozen trunk of "
+                            "BASE (a model name or folder) at --input-size, from --crops-per-photo views per photo")
     _fold_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     train.add_argument("--out", required=True, help="folder for the per-epoch checkpoints")
@@ -353,7 +356,7 @@ def _check_fold(args) -> None:
 
 
 def _train(args) -> None:
-    from .train import ARCHITECTURES, TrainConfig, train
+    from .train import ARCHITECTURES, ProbeConfig, TrainConfig, fit_probe, train
 
     if args.group != "C4":
         raise CliError(f"--group {args.group} is not supported: the library's networks and geometry are C4")
@@ -371,6 +374,13 @@ def _train(args) -> None:
         raise CliError("--lr takes a learning rate between 0 and 1")
     files = _photos(args.images)
     _writable_folder(args.out)
+    if args.probe is not None:
+        if args.teacher is not None or args.resume:
+            raise CliError("--probe fits in one go from a frozen trunk: it takes no --teacher and no --resume")
+        fit_probe(files, args.out, base=args.probe, input_size=args.input_size,
+                  config=ProbeConfig(crops_per_photo=args.crops_per_photo, fold=args.fold, folds=args.folds))
+        print(f"saved {args.out}")
+        return
     history = train(files, args.out, arch=args.arch, init=args.init, resume=args.resume, input_size=args.input_size,
                     config=TrainConfig(epochs=args.epochs, crops_per_photo=args.crops_per_photo,
                                        learning_rate=args.lr, freeze_batch_norm=args.freeze_batch_norm,

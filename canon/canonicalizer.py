@@ -168,19 +168,22 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
     activations are within ``recheck_margin`` is not trusted and the network runs again in float32 (:meth:`logits`).
     With ``mirror_average``, near-ties (float32 top two within ``mirror_margin``) are decided by the activations of
     the image and of its mirror together: a second opinion that costs a pass only on near-ties.
+    With ``probe_levels``, an :class:`~canon.networks.EquivariantProbe` on those blocks' pooled outputs (a
+    ``probe_grid`` x ``probe_grid`` partition) gives the scores instead of the network's head.
     Results are cached per C4 orbit (``cache_size`` entries), so rotated copies of one photo cost one pass.
     """
 
     def __init__(self, architecture: str = "wrn", kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12,
                  group_order: int = 4, canvas_size: int = 1024, crop_ratio: float = 0.9, input_size: int = 128,
                  cache_size: int = 64, precision: str = "float32", recheck_margin: float = 1.0,
-                 mirror_average: bool = False, mirror_margin: float = 1.0):
+                 mirror_average: bool = False, mirror_margin: float = 1.0, probe_levels: tuple[int, ...] = (),
+                 probe_grid: int = 3):
         super().__init__()
         if architecture != "wrn" or group_order != geometry.GROUP_ORDER:
             raise ValueError(f"unsupported canonicalizer: architecture={architecture!r}, group_order={group_order}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision takes one of {', '.join(PRECISIONS)}; got {precision!r}")
-        self.network = ServingWRN(kernel_size, out_channels, num_layers, group_order)
+        self.network = ServingWRN(kernel_size, out_channels, num_layers, group_order, tuple(probe_levels), probe_grid)
         self.precision = precision
         self.recheck_margin = recheck_margin
         self.mirror_average = mirror_average

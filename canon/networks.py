@@ -17,6 +17,9 @@ Two implementations share one layer plan (:func:`layer_plan`):
 
 Both return group activations of shape ``B x 4`` for an input ``B x 3 x S x S`` (floats in [0, 1]). Rotating the
 input by ``k`` quarter turns counter-clockwise rolls the activations by ``k``: ``act(rot90(x, k)) = roll(act(x), k)``.
+
+:class:`EquivariantProbe` is a cheaper way to such activations: a linear score on pooled outputs of a frozen trunk
+(run at a smaller input size), evaluated once per rotation by permuting the pooled features.
 """
 
 from __future__ import annotations
@@ -106,6 +109,12 @@ def layer_plan(kernel_size: int = 5, out_channels: int = 64, num_layers: int = 1
         index += 3  # block, batch norm, ReLU
     head = ConvSpec(f"eqv_network.{index}", widths[2], widths[3], k, 0)
     return LayerPlan(stem, f"eqv_network.1", tuple(blocks), head)
+
+
+def stage_ends(plan: LayerPlan) -> tuple[int, ...]:
+    """Indices of the blocks that end a stage (the ``basic`` blocks, which change the width, and the last block):
+    for the paper's plan ``(3, 7, 10)``."""
+    return tuple(i for i, block in enumerate(plan.blocks) if block.kind == "basic" or i == len(plan.blocks) - 1)
 
 
 def all_convs(plan: LayerPlan) -> list[ConvSpec]:
@@ -252,15 +261,26 @@ class ServingWRN(nn.Module):
     :class:`canon.canonicalizer.Canonicalizer` wraps it with the preprocessing and the Hub's ``from_pretrained`` layout.
 
     ``forward(x, dtype)``: ``B x 3 x S x S`` float tensor in [0, 1] -> ``B x group_order`` group activations
-    (float32), the trunk computed in ``dtype``.
+    (float32), the trunk computed in ``dtype``. With ``probe_levels`` (block indices), an :class:`EquivariantProbe`
+    on those blocks' pooled outputs gives them instead of the head (whose parameters stay in the state dict).
     """
 
-    def __init__(self, kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12, group_order: int = 4):
+    def __init__(self, kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12, group_order: int = 4,
+                 probe_levels: tuple[int, ...] = (), probe_grid: int = 3):
         super().__init__()
         self.config = dict(kernel_size=kernel_size, out_channels=out_channels, num_layers=num_layers,
                            group_order=group_order)
         self.group_order = group_order
         self.plan = layer_plan(kernel_size, out_channels, num_layers)
+        # With probe levels, a linear probe on those blocks' pooled outputs replaces the head (see EquivariantProbe).
+        self.probe = None
+        if probe_levels:
+            fields = [self.plan.blocks[i].convs[0].out_fields if 0 <= i < len(self.plan.blocks) else None
+                      for i in probe_levels]
+            if None in fields:
+                raise ValueError(f"probe levels are block indices in 0..{len(self.plan.blocks) - 1}, "
+                                 f"got {list(probe_levels)}")
+            self.probe = EquivariantProbe(tuple(probe_levels), tuple(fields), probe_grid, group_order)
         n = group_order
         for spec in all_convs(self.plan):
             self.register_buffer(f"{_safe(spec.key)}_weights", torch.zeros(0))  # sized on load
@@ -286,13 +306,9 @@ class ServingWRN(nn.Module):
                 return block.convs[0].out_fields
         raise KeyError(prefix)
 
-    # Buffers whose size depends on the checkpoint are re-sized before loading.
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        for name, buffer in self._buffers.items():
-            key = prefix + name
-            if key in state_dict and buffer is not None and buffer.shape != state_dict[key].shape:
-                self._buffers[name] = torch.empty_like(state_dict[key])
+        _resize_buffers(self, state_dict, prefix)
         self._dense = {}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
@@ -401,7 +417,23 @@ class ServingWRN(nn.Module):
 
         The trunk computes in ``dtype``: float32, or bfloat16 (about half the time on CPUs with AVX512-BF16 and on
         GPUs; activations within a few tenths). With ``int8`` its convolutions multiply 8-bit integers instead
-        (:class:`_QuantizedConv`, oneDNN on a CPU, see :func:`int8_is_native`) and give their sums in ``dtype``."""
+        (:class:`_QuantizedConv`, oneDNN on a CPU, see :func:`int8_is_native`) and give their sums in ``dtype``.
+        With a :attr:`probe`, the probe scores the pooled outputs of its blocks instead of the head."""
+        taps = self.probe.levels if self.probe is not None else ()
+        h, tapped = self.trunk(x, dtype, int8, taps)
+        if self.probe is not None:
+            return self.probe(tapped)
+        head = self.plan.head
+        h = F.pad(h.float(), [head.padding] * 4)
+        window = (h.shape[-2] - head.kernel_size + 1, h.shape[-1] - head.kernel_size + 1)
+        weight, bias = self.prepare(dtype, int8)["head"]
+        return torch.einsum("gcyx,bcyx->bg", weight, F.avg_pool2d(h, window, stride=1)) + bias
+
+    def trunk(self, x: torch.Tensor, dtype: torch.dtype = torch.float32, int8: bool = False,
+              taps: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Everything before the head: ``B x 3 x S x S`` in [0, 1] -> the last block's output ``B x C x H x W``
+        (in ``dtype``, channels last; channel ``f * n + j`` is component ``j`` of regular field ``f``) and the
+        outputs of the blocks whose indices are in ``taps``, in that order."""
         if self.training:
             self._dense = {}
         if int8 and x.device.type != "cpu":
@@ -418,6 +450,7 @@ class ServingWRN(nn.Module):
             return F.relu(out) if relu else out
 
         h = conv(_channels_last(x.to(dtype)), "stem", self.plan.stem, relu=True)
+        tapped = {}
         for i, block in enumerate(self.plan.blocks):
             out = h
             for j, spec in enumerate(block.convs):
@@ -425,15 +458,85 @@ class ServingWRN(nn.Module):
             out = out + (conv(h, f"{i}.shortcut", block.shortcut) if block.shortcut is not None else h)
             scale, shift = d[f"{i}.out"]
             h = F.relu(out * scale[None, :, None, None] + shift[None, :, None, None])
-        head = self.plan.head
-        h = F.pad(h.float(), [head.padding] * 4)
-        window = (h.shape[-2] - head.kernel_size + 1, h.shape[-1] - head.kernel_size + 1)
-        weight, bias = d["head"]
-        return torch.einsum("gcyx,bcyx->bg", weight, F.avg_pool2d(h, window, stride=1)) + bias
+            if i in taps:
+                tapped[i] = h
+        return h, [tapped[i] for i in taps]
 
     def _apply(self, fn, *args, **kwargs):
         self._dense = {}  # dense filters are re-made after a change of device or dtype
         return super()._apply(fn, *args, **kwargs)
+
+
+def _resize_buffers(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str) -> None:
+    """Buffers whose size depends on the checkpoint (registered empty) take the checkpoint's size before loading."""
+    for name, buffer in module._buffers.items():
+        key = prefix + name
+        if key in state_dict and buffer is not None and buffer.shape != state_dict[key].shape:
+            module._buffers[name] = torch.empty_like(state_dict[key])
+
+
+class EquivariantProbe(nn.Module):
+    """A linear score on pooled block outputs of the trunk, evaluated once per rotation: exactly C_n-equivariant.
+
+    Each tapped block output ``B x (F n) x H x W`` (``F`` regular fields of ``n`` components) is pooled into its mean
+    over the whole map and over each cell of a ``grid x grid`` partition (adaptive average pooling; its cells are
+    symmetric under ``rot90``): :meth:`pooled` gives ``B x F x n x (1 + grid^2)`` per level. A quarter turn of the
+    input turns the maps and shifts every field's components by one, so the pooled features of ``rot90(x, k)`` are
+    ``turn(p, k)``: components rolled by ``k``, grid cells turned by ``k`` (:meth:`turn`). The score of rotation
+    ``g`` is how upright ``rot90(x, -g)`` looks, ``weight . turn(p, -g)`` (a bias would be common to all ``n`` and
+    change no decision); so scores roll with the input, ``score(rot90(x, k)) = roll(score(x), k)``, like the head's
+    activations.
+
+    ``weight`` (``D``, over the flattened levels) is fitted by :func:`canon.train.fit_probe` with the trunk frozen;
+    it is empty until loaded or fitted.
+    """
+
+    def __init__(self, levels: tuple[int, ...], fields: tuple[int, ...], grid: int = 3, group_order: int = 4):
+        super().__init__()
+        if grid < 1:
+            raise ValueError(f"probe grid must be at least 1, got {grid}")
+        self.levels, self.fields, self.grid, self.group_order = levels, fields, grid, group_order
+        self.register_buffer("weight", torch.zeros(0))
+
+    @property
+    def num_features(self) -> int:
+        return sum(self.fields) * self.group_order * (1 + self.grid ** 2)
+
+    def pooled(self, tapped: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Tapped ``B x (F n) x H x W`` maps -> their means ``B x F x n x (1 + grid^2)`` (float32): over the whole
+        map first, then over the grid cells in row-major order."""
+        out = []
+        for h, fields in zip(tapped, self.fields):
+            h = h.float()
+            means = torch.cat([F.adaptive_avg_pool2d(h, 1).flatten(2), F.adaptive_avg_pool2d(h, self.grid).flatten(2)],
+                              dim=2)
+            out.append(means.reshape(len(h), fields, self.group_order, -1))
+        return out
+
+    def turn(self, pooled: list[torch.Tensor], k: int) -> torch.Tensor:
+        """Pooled features of ``x`` -> the flattened ``B x D`` features of ``rot90(x, k)`` (an exact permutation)."""
+        flat = []
+        for p in pooled:
+            p = p.roll(k, dims=2)
+            cells = torch.rot90(p[..., 1:].unflatten(-1, (self.grid, self.grid)), k, dims=(-2, -1)).flatten(-2)
+            flat.append(torch.cat([p[..., :1], cells], dim=-1).flatten(1))
+        return torch.cat(flat, dim=1)
+
+    def orbit(self, tapped: list[torch.Tensor]) -> torch.Tensor:
+        """``B x n x D``: row ``g`` holds the features of ``rot90(x, -g)``, the photo with rotation ``g`` undone."""
+        pooled = self.pooled(tapped)
+        return torch.stack([self.turn(pooled, -g) for g in range(self.group_order)], dim=1)
+
+    def forward(self, tapped: list[torch.Tensor]) -> torch.Tensor:
+        """Tapped block outputs (see :meth:`ServingWRN.trunk`) -> ``B x n`` float32 scores."""
+        if self.weight.numel() != self.num_features:
+            raise ValueError(f"the probe has {self.weight.numel()} weights for {self.num_features} features; "
+                             "fit it (canon.train.fit_probe) or load a checkpoint")
+        return self.orbit(tapped) @ self.weight
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _resize_buffers(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:

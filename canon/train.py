@@ -15,6 +15,10 @@ Options for fine-tuning (``--init paper``): frozen batch-norm statistics, bfloat
 teacher canonicalizer that scores the same crop at its own input size (:func:`matched_views`,
 :func:`distillation_loss`), e.g. the paper's network at 128 px teaching the same network at 64 px.
 
+:func:`fit_probe` is the cheap alternative to training a network: the trunk of a trained canonicalizer stays frozen
+(run at any input size), and an :class:`~canon.networks.EquivariantProbe`, a linear score on its pooled block
+outputs, is fitted to the same prior on the features of many crops, computed once.
+
 Checkpoints are :class:`Canonicalizer` folders (``config.json`` + ``model.safetensors``) with the optimizer state in
 ``optimizer.safetensors`` and the epoch in ``training.json``; ``--resume`` continues from the latest one.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +37,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .canonicalizer import Canonicalizer, paper_preprocess, prior_loss
+from .canonicalizer import Canonicalizer, paper_preprocess, prior_loss, trunk_arithmetic
 from .images import load_image
-from .networks import EscnnWRN, ServingWRN, load_escnn_from_serving
+from .models import resolve_canonicalizer_dir
+from .networks import EscnnWRN, ServingWRN, load_escnn_from_serving, stage_ends
 
 ARCHITECTURES = {
     # The paper's network (equiadapt's ESCNNWRNEquivariantNetwork for SAM).
@@ -259,3 +264,133 @@ def train(files: list[Path], out_dir: str | Path, arch: str = "wrn-c4-small", in
             print(f"epoch {epoch}: loss {last['loss']:.4f}, validation {100 * last['validation_accuracy']:.1f} % "
                   f"of {len(validation_photos)} photos")
     return history
+
+
+@dataclass
+class ProbeConfig:
+    crops_per_photo: int = 16
+    levels: tuple[int, ...] | None = None  # blocks whose outputs are pooled; None: the ends of the base's stages
+    grid: int = 3
+    # L2-regularised logistic regression on standardised features, fitted by L-BFGS (convex: no schedule to tune);
+    # the regularisation is chosen among these by a grouped cross-validation inside the training photos.
+    penalties: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    inner_folds: int = 4
+    max_iterations: int = 200
+    fold: int = 0
+    folds: int = 5
+    seed: int = 0
+    crop: TrainConfig = field(default_factory=TrainConfig)  # crop scales and colour jitter of the views
+
+
+@torch.inference_mode()
+def probe_features(canonicalizer: Canonicalizer, views: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """``V x 3 x S x S`` views -> ``V x n x D`` probe features of each view with each rotation undone
+    (:meth:`~canon.networks.EquivariantProbe.orbit`), the trunk in the canonicalizer's first-pass arithmetic."""
+    network = canonicalizer.network
+    dtype, int8 = trunk_arithmetic(canonicalizer.precision, canonicalizer.device)
+    out = []
+    for start in range(0, len(views), batch_size):
+        _, tapped = network.trunk(views[start:start + batch_size].to(canonicalizer.device), dtype, int8,
+                                  network.probe.levels)
+        out.append(network.probe.orbit(tapped).cpu())
+    return torch.cat(out)
+
+
+def fit_probe_weight(features: torch.Tensor, penalty: float, max_iterations: int = 200) -> torch.Tensor:
+    """``V x n x D`` features (row ``g``: the view with rotation ``g`` undone) -> the ``D`` weights minimising
+    ``CrossEntropy(features @ w, identity) + penalty * |w * std|^2``, i.e. an L2 penalty on standardised features
+    (mean and spread over every view and rotation, so standardising commutes with turning). The mean drops out:
+    a shift common to the ``n`` scores changes no probability."""
+    std = features.std(dim=(0, 1)).clamp_min(1e-6)
+    standardised = (features - features.mean(dim=(0, 1))) / std
+    weight = torch.zeros(features.shape[-1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight], max_iter=max_iterations, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = prior_loss(standardised @ weight) + penalty * (weight * weight).sum()
+        loss.backward()
+        return loss
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach() / std
+
+
+def _upright_scores(features: list[torch.Tensor], weight: torch.Tensor) -> tuple[int, float]:
+    """Photos whose first view (the whole photo) scores the identity highest, and the summed cross-entropy
+    towards the identity of those views."""
+    logits = torch.stack([f[0] @ weight for f in features])
+    return int(logits.argmax(dim=1).eq(0).sum()), float(prior_loss(logits)) * len(features)
+
+
+def choose_penalty(files: list[Path], features: list[torch.Tensor], config: ProbeConfig) -> tuple[float, dict]:
+    """The penalty of ``config.penalties`` with the most photos recovered over a grouped cross-validation of
+    ``files`` (:func:`split_files` with ``config.inner_folds``; ``features[i]`` are ``files[i]``'s views), ties
+    broken by the lower cross-entropy of those photos. Returns it and, per penalty, the inner fraction recovered
+    and mean cross-entropy."""
+    index = {f: i for i, f in enumerate(files)}
+    scores = {}
+    for penalty in config.penalties:
+        recovered, loss = 0, 0.0
+        for fold in range(config.inner_folds):
+            inner_train, inner_validation = split_files(files, fold, config.inner_folds)
+            if not inner_train or not inner_validation:
+                continue
+            weight = fit_probe_weight(torch.cat([features[index[f]] for f in inner_train]), penalty,
+                                      config.max_iterations)
+            fold_recovered, fold_loss = _upright_scores([features[index[f]] for f in inner_validation], weight)
+            recovered, loss = recovered + fold_recovered, loss + fold_loss
+        scores[penalty] = {"accuracy": recovered / len(files), "cross_entropy": loss / len(files)}
+    best = max(scores, key=lambda p: (scores[p]["accuracy"], -scores[p]["cross_entropy"]))
+    return best, scores
+
+
+def fit_probe(files: list[Path], out_dir: str | Path, base: str = "wrn-c4-paper", input_size: int = 64,
+              config: ProbeConfig | None = None, progress: bool = True) -> dict:
+    """Fit an :class:`~canon.networks.EquivariantProbe` on the frozen trunk of ``base`` (a model name or folder),
+    run at ``input_size``, to the canonicalization prior on the training side of :func:`split_files`: for each
+    training photo the whole photo and ``crops_per_photo`` random views (crops, flips, colour jitter), scored at
+    every rotation (:func:`fit_probe_weight`, penalty from :func:`choose_penalty`). Saves the canonicalizer (the
+    base's trunk and settings, the probe) to ``out_dir`` with ``training.json``; returns what that file holds.
+    """
+    config = config or ProbeConfig()
+    folder = resolve_canonicalizer_dir(base)
+    base_model = Canonicalizer.load(str(folder))
+    levels = config.levels if config.levels is not None else stage_ends(base_model.network.plan)
+    canonicalizer_config = {**json.loads((folder / "config.json").read_text()),
+                            "input_size": input_size, "probe_levels": list(levels), "probe_grid": config.grid}
+    canonicalizer = Canonicalizer(**canonicalizer_config).eval()
+    state = {k: v for k, v in base_model.network.state_dict().items() if not k.startswith("probe.")}
+    canonicalizer.network.load_state_dict(state, strict=False)
+    rng = np.random.default_rng(config.seed)
+    train_files, validation_files = split_files(files, config.fold, config.folds)
+    if not train_files:
+        raise ValueError("the split left no training photo; give more photos")
+    preprocess = canonicalizer.preprocess_config
+    features = []
+    for f in tqdm(train_files, desc="probe features", unit="photo", disable=not progress):
+        image = load_image(f)
+        small = _shrink(image)
+        views = [paper_preprocess(image, **preprocess)[0]]
+        views += [augment(small, rng, config.crop, preprocess) for _ in range(config.crops_per_photo)]
+        features.append(probe_features(canonicalizer, torch.stack(views)))
+    penalty, inner = choose_penalty(train_files, features, config)
+    weight = fit_probe_weight(torch.cat(features), penalty, config.max_iterations)
+    canonicalizer.network.probe.load_state_dict({"weight": weight})
+    canonicalizer.eval()
+    validation_photos = [load_image(f) for f in validation_files]
+    result = {"base": base, "input_size": input_size, "levels": list(levels), "grid": config.grid,
+              "fold": config.fold, "folds": config.folds, "training_photos": len(train_files),
+              "views": sum(len(f) for f in features), "penalty": penalty,
+              "inner_validation": {str(k): v for k, v in inner.items()},
+              "training_accuracy": _upright_scores(features, weight)[0] / len(features),
+              "validation_photos": len(validation_photos),
+              "validation_accuracy": validation_accuracy(canonicalizer, validation_photos)}
+    out_dir = Path(out_dir)
+    canonicalizer.save_pretrained(out_dir, config=canonicalizer_config)
+    (out_dir / "training.json").write_text(json.dumps(result, indent=2) + "\n")
+    if progress:
+        inner_accuracy = ", ".join(f"{p}: {100 * v['accuracy']:.1f} %" for p, v in inner.items())
+        print(f"probe: penalty {penalty} (inner validation {inner_accuracy}), validation "
+              f"{100 * result['validation_accuracy']:.1f} % of {len(validation_photos)} photos")
+    return result

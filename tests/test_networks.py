@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from canon.networks import EscnnWRN, ServingWRN, _QuantizedConv, all_convs, int8_is_native, layer_plan
+from canon.networks import EscnnWRN, ServingWRN, _QuantizedConv, all_convs, int8_is_native, layer_plan, stage_ends
 
 SMALL = dict(kernel_size=3, out_channels=16, num_layers=3, group_order=4)
 
@@ -32,6 +32,7 @@ def test_layer_plan_matches_the_paper_network():
         "bottleneck"] * 3
     assert plan.head.key == "eqv_network.36" and (plan.head.in_fields, plan.head.out_fields) == (64, 128)
     assert len(all_convs(plan)) == 1 + 9 * 3 + 2 * 3 + 1
+    assert stage_ends(plan) == (3, 7, 10) and stage_ends(layer_plan(3, 16, 3)) == (0, 1)
 
 
 def test_layer_plan_refuses_a_depth_it_cannot_split():
@@ -142,3 +143,60 @@ def test_int8_trunk_stays_close_to_float32(dtype):
     assert reduced.dtype == torch.float32
     assert not torch.equal(reduced, exact)
     assert torch.allclose(reduced, exact, atol=0.05 * exact.abs().max().item()), (reduced - exact).abs().max()
+
+
+def probed_serving(levels=(0, 1), grid=3, seed=0) -> ServingWRN:
+    """The small randomised network with an equivariant probe on ``levels`` and random probe weights."""
+    serving = ServingWRN(**SMALL, probe_levels=levels, probe_grid=grid)
+    state = ServingWRN.from_escnn_state(randomised_escnn(seed).state_dict(), **SMALL).state_dict()
+    state["probe.weight"] = torch.randn(serving.probe.num_features, generator=torch.Generator().manual_seed(seed))
+    serving.load_state_dict(state, strict=True)
+    return serving.eval()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_probe_turn_gives_the_pooled_features_of_the_turned_input(k):
+    serving = probed_serving()
+    x = torch.rand(1, 3, 41, 41)
+    with torch.no_grad():
+        _, tapped = serving.trunk(x, taps=serving.probe.levels)
+        _, tapped_turned = serving.trunk(torch.rot90(x, k, dims=(2, 3)), taps=serving.probe.levels)
+        probe = serving.probe
+        expected = torch.cat([p.flatten(1) for p in probe.pooled(tapped_turned)], dim=1)
+        turned = probe.turn(probe.pooled(tapped), k)
+    assert not torch.allclose(turned, probe.turn(probe.pooled(tapped), 0), atol=1e-3)  # turning changes them
+    torch.testing.assert_close(turned, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_probe_turn_is_a_permutation_of_order_four():
+    probe = probed_serving().probe
+    pooled = [torch.randn(2, f, 4, 1 + 9) for f in probe.fields]
+    flat = probe.turn(pooled, 0)
+    assert torch.equal(flat, torch.cat([p.flatten(1) for p in pooled], dim=1))
+    once = probe.turn(pooled, 1)
+    assert torch.equal(once.sort(dim=1).values, flat.sort(dim=1).values) and not torch.equal(once, flat)
+    back = [p.reshape(2, f, 4, 10) for p, f in zip(once.split([f * 40 for f in probe.fields], dim=1), probe.fields)]
+    assert torch.equal(probe.turn(back, 3), flat)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_probe_scores_roll_with_rotation(k):
+    serving = probed_serving()
+    x = torch.rand(2, 3, 41, 41)
+    with torch.no_grad():
+        base, rotated = serving(x), serving(torch.rot90(x, k, dims=(2, 3)))
+        head = ServingWRN.from_escnn_state(randomised_escnn().state_dict(), **SMALL)(x)
+    assert base.shape == (2, 4) and not torch.allclose(base, head)  # the probe, not the head, scores
+    torch.testing.assert_close(rotated, torch.roll(base, k, dims=1), atol=1e-4, rtol=1e-4)
+
+
+def test_probe_refuses_levels_it_cannot_tap_and_scoring_without_weights():
+    with pytest.raises(ValueError, match="probe levels are block indices in 0..1"):
+        ServingWRN(**SMALL, probe_levels=(2,))
+    with pytest.raises(ValueError, match="probe grid"):
+        ServingWRN(**SMALL, probe_levels=(1,), probe_grid=0)
+    unfitted = ServingWRN(**SMALL, probe_levels=(1,))
+    unfitted.load_state_dict({k: v for k, v in probed_serving(levels=(1,)).state_dict().items()
+                              if k != "probe.weight"}, strict=False)
+    with pytest.raises(ValueError, match="fit it"):
+        unfitted.eval()(torch.rand(1, 3, 33, 33))

@@ -8,7 +8,8 @@ from canon import geometry
 from canon.__main__ import main
 from canon.canonicalizer import Canonicalizer
 from canon.networks import EscnnWRN, load_escnn_from_serving
-from canon.train import TrainConfig, augment, distillation_loss, matched_views, split_files, split_group
+from canon.train import (ProbeConfig, TrainConfig, augment, choose_penalty, distillation_loss, fit_probe,
+                         fit_probe_weight, matched_views, split_files, split_group)
 from conftest import UPRIGHT, float32_logits
 
 
@@ -112,7 +113,74 @@ def test_frozen_batch_norm_keeps_its_statistics_in_bfloat16_distillation(tmp_pat
     assert scales and not all(torch.equal(v, torch.ones_like(v)) for v in scales)  # but the network trained
 
 
+def upright_signal_features(views: int, seed: int = 0, noise: float = 1.0) -> torch.Tensor:
+    """``views x 4 x 6`` features whose first dimension says, through noise, which row is the upright one."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(views, 4, 6, generator=generator) * noise
+    features[:, 0, 0] += 3.0
+    features[:, :, 1] += 50.0  # an offset common to the rows must not matter
+    return features
+
+
+def test_probe_weight_learns_the_upright_row_and_the_penalty_shrinks_it():
+    features = upright_signal_features(200)
+    weight = fit_probe_weight(features, penalty=0.01)
+    assert (features @ weight).argmax(dim=1).eq(0).float().mean() > 0.95
+    assert weight.abs().argmax() == 0
+    held_out = upright_signal_features(200, seed=1)
+    assert (held_out @ weight).argmax(dim=1).eq(0).float().mean() > 0.9
+    std = features.std(dim=(0, 1))
+    assert (fit_probe_weight(features, penalty=10.0) * std).norm() < 0.5 * (weight * std).norm()
+
+
+def test_choose_penalty_breaks_ties_by_cross_entropy():
+    files = [UPRIGHT / f"group{chr(97 + i)}.jpg" for i in range(12)]  # twelve groups, spread over the inner folds
+    features = [upright_signal_features(3, seed=i, noise=0.01) for i in range(12)]  # separable at any penalty
+    penalty, inner = choose_penalty(files, features, ProbeConfig(penalties=(10.0, 0.01, 1.0)))
+    assert [v["accuracy"] for v in inner.values()] == [1.0, 1.0, 1.0]
+    # A weaker penalty lets the scores grow, so the recovered photos are more certain: the smallest wins the tie.
+    assert inner[0.01]["cross_entropy"] < inner[1.0]["cross_entropy"] < inner[10.0]["cross_entropy"]
+    assert penalty == 0.01
+
+
+def test_fit_probe_freezes_the_trunk_and_saves_an_equivariant_canonicalizer(tmp_path, paper_canonicalizer):
+    names = ("animals_cat.jpg", "animals_dog.jpg", "animals_cow.jpg", "animals_bison.jpg", "animals_horse.jpg")
+    files = [UPRIGHT / name for name in names]
+    out = tmp_path / "probe"
+    config = ProbeConfig(crops_per_photo=1, folds=2, fold=1, penalties=(0.1, 1.0), inner_folds=2)
+    result = fit_probe(files, out, base="wrn-c4-paper", input_size=48, config=config, progress=False)
+    train_files, validation_files = split_files(files, 1, 2)
+    assert result["training_photos"] == len(train_files) and result["views"] == 2 * len(train_files)
+    assert result["validation_photos"] == len(validation_files) and result["penalty"] in (0.1, 1.0)
+    assert json.loads((out / "training.json").read_text()) == result
+    fitted = Canonicalizer.load(str(out))
+    assert fitted.preprocess_config["input_size"] == 48 and fitted.network.probe.levels == (3, 7, 10)
+    probe_state = {k: v for k, v in fitted.network.state_dict().items() if k.startswith("probe.")}
+    assert list(probe_state) == ["probe.weight"] and probe_state["probe.weight"].abs().sum() > 0
+    trunk = {k: v for k, v in fitted.network.state_dict().items() if not k.startswith("probe.")}
+    assert all(torch.equal(v, paper_canonicalizer.network.state_dict()[k]) for k, v in trunk.items())
+    image = np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    decisions = [fitted.canonicalize(geometry.rotate_image(image, k)) for k in range(4)]
+    assert [d.k for d in decisions] == [(decisions[0].k + k) % 4 for k in range(4)]
+    assert all(np.array_equal(d.canonical_image, decisions[0].canonical_image) for d in decisions)
+
+
+def test_train_probe_command_saves_a_loadable_canonicalizer(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("animals_cat.jpg", "animals_bison.jpg", "animals_cow.jpg"):
+        (photos / name).write_bytes((UPRIGHT / name).read_bytes())
+    out = tmp_path / "probe"
+    assert main(["train", "--images", str(photos), "--probe", "wrn-c4-paper", "--input-size", "40",
+                 "--crops-per-photo", "1", "--folds", "2", "--fold", "0", "--out", str(out)]) == 0
+    assert f"saved {out}" in capsys.readouterr().out
+    assert json.loads((out / "training.json").read_text())["views"] == 2 * len(split_files(
+        sorted(photos.glob("*.jpg")), 0, 2)[0])
+    assert Canonicalizer.load(str(out)).network.probe is not None
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--probe", "wrn-c4-paper", "--teacher", "wrn-c4-paper"], "takes no --teacher"),
     (["--fold", "5"], "--fold 0 to folds - 1"),
     (["--distill-weight", "2"], "--distill-weight takes"),
     (["--folds", "1"], "--folds takes 2 or more"),
