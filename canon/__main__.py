@@ -374,18 +374,22 @@ def _train(args) -> None:
         raise CliError("--lr takes a learning rate between 0 and 1")
     files = _photos(args.images)
     _writable_folder(args.out)
-    if args.probe is not None:
-        if args.teacher is not None or args.resume:
-            raise CliError("--probe fits in one go from a frozen trunk: it takes no --teacher and no --resume")
-        fit_probe(files, args.out, base=args.probe, input_size=args.input_size,
-                  config=ProbeConfig(crops_per_photo=args.crops_per_photo, fold=args.fold, folds=args.folds))
-        print(f"saved {args.out}")
-        return
-    history = train(files, args.out, arch=args.arch, init=args.init, resume=args.resume, input_size=args.input_size,
-                    config=TrainConfig(epochs=args.epochs, crops_per_photo=args.crops_per_photo,
-                                       learning_rate=args.lr, freeze_batch_norm=args.freeze_batch_norm,
-                                       bfloat16=args.bf16, fold=args.fold, folds=args.folds, teacher=args.teacher,
-                                       distill_weight=args.distill_weight))
+    if args.probe is not None and (args.teacher is not None or args.resume):
+        raise CliError("--probe fits in one go from a frozen trunk: it takes no --teacher and no --resume")
+    try:  # a split without training photos, a base that is not a whole trunk
+        if args.probe is not None:
+            fit_probe(files, args.out, base=args.probe, input_size=args.input_size,
+                      config=ProbeConfig(crops_per_photo=args.crops_per_photo, fold=args.fold, folds=args.folds))
+            print(f"saved {args.out}")
+            return
+        history = train(files, args.out, arch=args.arch, init=args.init, resume=args.resume,
+                        input_size=args.input_size,
+                        config=TrainConfig(epochs=args.epochs, crops_per_photo=args.crops_per_photo,
+                                           learning_rate=args.lr, freeze_batch_norm=args.freeze_batch_norm,
+                                           bfloat16=args.bf16, fold=args.fold, folds=args.folds,
+                                           teacher=args.teacher, distill_weight=args.distill_weight))
+    except ValueError as error:
+        raise CliError(str(error)) from None
     if history:
         best = max(history, key=lambda h: h["validation_accuracy"])
         print(f"best validation {100 * best['validation_accuracy']:.1f} % at epoch {best['epoch']}: "

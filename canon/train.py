@@ -360,8 +360,11 @@ def fit_probe(files: list[Path], out_dir: str | Path, base: str = "wrn-c4-paper"
     canonicalizer_config = {**json.loads((folder / "config.json").read_text()),
                             "input_size": input_size, "probe_levels": list(levels), "probe_grid": config.grid}
     canonicalizer = Canonicalizer(**canonicalizer_config).eval()
-    state = {k: v for k, v in base_model.network.state_dict().items() if not k.startswith("probe.")}
-    canonicalizer.network.load_state_dict(state, strict=False)
+    trunk = {k: v for k, v in base_model.network.state_dict().items() if not k.startswith("probe.")}
+    missing, unexpected = canonicalizer.network.load_state_dict(trunk, strict=False)
+    if missing != ["probe.weight"] or unexpected:  # the probe's weight is what is fitted here
+        raise ValueError(f"{base} is not a whole trunk of this architecture: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
     rng = np.random.default_rng(config.seed)
     train_files, validation_files = split_files(files, config.fold, config.folds)
     if not train_files:

@@ -179,6 +179,15 @@ def test_train_probe_command_saves_a_loadable_canonicalizer(tmp_path, capsys):
     assert Canonicalizer.load(str(out)).network.probe is not None
 
 
+def test_train_without_training_photos_ends_with_one_line(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "animals_cat.jpg").write_bytes((UPRIGHT / "animals_cat.jpg").read_bytes())  # validation of fold 0 of 2
+    for extra in (["--probe", "wrn-c4-paper"], ["--arch", "wrn-c4-small"]):
+        assert main(["train", "--images", str(photos), "--folds", "2", "--out", str(tmp_path / "run"), *extra]) == 2
+        assert "error: the split left no training photo" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--probe", "wrn-c4-paper", "--teacher", "wrn-c4-paper"], "takes no --teacher"),
     (["--fold", "5"], "--fold 0 to folds - 1"),
