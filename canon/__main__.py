@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--arch", default="wrn-c4-small", help="wrn-c4-small (default) or wrn-c4-paper")
     train.add_argument("--group", default="C4", help="rotation group; C4 is what the library serves")
     train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--crops-per-photo", type=int, default=4)
+    train.add_argument("--crops-per-photo", type=int, default=None,
+                       help="random views of each photo per epoch (default 4), or in all with --probe (default 16)")
     train.add_argument("--input-size", type=int, default=128,
                        help="side of the network's input in pixels (the paper's 128; the cost goes with its square)")
     train.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (the paper's 1e-3)")
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight of the distillation term against the prior (with --teacher; default 0.5)")
     train.add_argument("--probe", default=None, metavar="BASE",
                        help="instead of training a network, fit an equivariant linear probe on the frozen trunk of "
-                            "BASE (a model name or folder) at --input-size, from --crops-per-photo views per photo")
+                            "BASE (a model name or folder) at --input-size, from --crops-per-photo views per photo; "
+                            "the network's options (--arch, --init, --epochs, --lr, ...) do not apply")
     _fold_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     train.add_argument("--out", required=True, help="folder for the per-epoch checkpoints")
@@ -364,6 +366,8 @@ def _train(args) -> None:
         raise CliError(f"--arch takes one of {', '.join(ARCHITECTURES)}")
     if args.init == "paper" and args.arch != "wrn-c4-paper":
         raise CliError("--init paper needs --arch wrn-c4-paper (the weights have that shape)")
+    if args.crops_per_photo is None:
+        args.crops_per_photo = 16 if args.probe is not None else 4
     if args.epochs < 1 or args.crops_per_photo < 1:
         raise CliError("--epochs and --crops-per-photo must be at least 1")
     _check_input_size(args.input_size)

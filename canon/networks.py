@@ -275,7 +275,7 @@ class ServingWRN(nn.Module):
         # With probe levels, a linear probe on those blocks' pooled outputs replaces the head (see EquivariantProbe).
         self.probe = None
         if probe_levels:
-            fields = [self.plan.blocks[i].convs[0].out_fields if 0 <= i < len(self.plan.blocks) else None
+            fields = [self.plan.blocks[i].convs[-1].out_fields if 0 <= i < len(self.plan.blocks) else None
                       for i in probe_levels]
             if None in fields:
                 raise ValueError(f"probe levels are block indices in 0..{len(self.plan.blocks) - 1}, "
@@ -420,13 +420,14 @@ class ServingWRN(nn.Module):
         (:class:`_QuantizedConv`, oneDNN on a CPU, see :func:`int8_is_native`) and give their sums in ``dtype``.
         With a :attr:`probe`, the probe scores the pooled outputs of its blocks instead of the head."""
         taps = self.probe.levels if self.probe is not None else ()
-        h, tapped = self.trunk(x, dtype, int8, taps)
+        d = self._checked_prepare(x, dtype, int8)  # once: trunk and head from the same weights
+        h, tapped = self._trunk(x, d, dtype, int8, taps)
         if self.probe is not None:
             return self.probe(tapped)
         head = self.plan.head
         h = F.pad(h.float(), [head.padding] * 4)
         window = (h.shape[-2] - head.kernel_size + 1, h.shape[-1] - head.kernel_size + 1)
-        weight, bias = self.prepare(dtype, int8)["head"]
+        weight, bias = d["head"]
         return torch.einsum("gcyx,bcyx->bg", weight, F.avg_pool2d(h, window, stride=1)) + bias
 
     def trunk(self, x: torch.Tensor, dtype: torch.dtype = torch.float32, int8: bool = False,
@@ -434,13 +435,19 @@ class ServingWRN(nn.Module):
         """Everything before the head: ``B x 3 x S x S`` in [0, 1] -> the last block's output ``B x C x H x W``
         (in ``dtype``, channels last; channel ``f * n + j`` is component ``j`` of regular field ``f``) and the
         outputs of the blocks whose indices are in ``taps``, in that order."""
+        return self._trunk(x, self._checked_prepare(x, dtype, int8), dtype, int8, taps)
+
+    def _checked_prepare(self, x: torch.Tensor, dtype: torch.dtype, int8: bool) -> dict[str, tuple]:
         if self.training:
             self._dense = {}
         if int8 and x.device.type != "cpu":
             raise ValueError(f"8-bit convolutions run on a CPU only, not on {x.device.type} (see int8_is_native)")
         if int8 and x.min() < 0:  # inside the trunk every convolution's input is a ReLU's output
             raise ValueError("8-bit convolutions take non-negative inputs: images in [0, 1], not normalised ones")
-        d = self.prepare(dtype, int8)
+        return self.prepare(dtype, int8)
+
+    def _trunk(self, x: torch.Tensor, d: dict[str, tuple], dtype: torch.dtype, int8: bool,
+               taps: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
         def conv(h, key, spec, relu=False):
             if int8:

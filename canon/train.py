@@ -56,15 +56,16 @@ def split_group(path: Path) -> str:
     return re.sub(r"\d+$", "", path.stem)
 
 
-def split_files(files: list[Path], fold: int = 0, folds: int = 5) -> tuple[list[Path], list[Path]]:
+def split_files(files: list[Path], fold: int = 0, folds: int = 5, salt: str = "") -> tuple[list[Path], list[Path]]:
     """Fixed file-level split into ``(train, validation)``: the hash of a file's group, read as a number in [0, 1),
     falls into one of ``folds`` equal intervals, and the group is validation for that fold and training for the
-    others. Fold 0 of 5 is the default split; the 5 folds together put every photo in validation once."""
+    others. Fold 0 of 5 is the default split; the 5 folds together put every photo in validation once. A ``salt``
+    (hashed before the group) gives another split, independent of the unsalted one: for folds inside a fold."""
     if not 0 <= fold < folds:
         raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
 
     def in_validation(path: Path) -> bool:
-        digest = hashlib.sha256(split_group(path).encode()).digest()
+        digest = hashlib.sha256((salt + split_group(path)).encode()).digest()
         return int(int.from_bytes(digest[:8], "big") / 2**64 * folds) == fold
     validation = [f for f in files if in_validation(f)]
     return [f for f in files if not in_validation(f)], validation
@@ -325,22 +326,24 @@ def _upright_scores(features: list[torch.Tensor], weight: torch.Tensor) -> tuple
 
 def choose_penalty(files: list[Path], features: list[torch.Tensor], config: ProbeConfig) -> tuple[float, dict]:
     """The penalty of ``config.penalties`` with the most photos recovered over a grouped cross-validation of
-    ``files`` (:func:`split_files` with ``config.inner_folds``; ``features[i]`` are ``files[i]``'s views), ties
-    broken by the lower cross-entropy of those photos. Returns it and, per penalty, the inner fraction recovered
-    and mean cross-entropy."""
+    ``files`` (:func:`split_files` with ``config.inner_folds``, salted so that it does not nest in the outer split;
+    ``features[i]`` are ``files[i]``'s views), ties broken by the lower cross-entropy of those photos. Returns it and,
+    per penalty, the inner fraction recovered and mean cross-entropy (of the photos validated)."""
     index = {f: i for i, f in enumerate(files)}
+    splits = [split_files(files, fold, config.inner_folds, salt="inner/") for fold in range(config.inner_folds)]
+    splits = [(train, validation) for train, validation in splits if train and validation]
+    validated = sum(len(validation) for _, validation in splits)
+    if not validated:
+        raise ValueError("too few photo groups to choose the probe's penalty; give more photos")
     scores = {}
     for penalty in config.penalties:
         recovered, loss = 0, 0.0
-        for fold in range(config.inner_folds):
-            inner_train, inner_validation = split_files(files, fold, config.inner_folds)
-            if not inner_train or not inner_validation:
-                continue
+        for inner_train, inner_validation in splits:
             weight = fit_probe_weight(torch.cat([features[index[f]] for f in inner_train]), penalty,
                                       config.max_iterations)
             fold_recovered, fold_loss = _upright_scores([features[index[f]] for f in inner_validation], weight)
             recovered, loss = recovered + fold_recovered, loss + fold_loss
-        scores[penalty] = {"accuracy": recovered / len(files), "cross_entropy": loss / len(files)}
+        scores[penalty] = {"accuracy": recovered / validated, "cross_entropy": loss / validated}
     best = max(scores, key=lambda p: (scores[p]["accuracy"], -scores[p]["cross_entropy"]))
     return best, scores
 
@@ -352,6 +355,11 @@ def fit_probe(files: list[Path], out_dir: str | Path, base: str = "wrn-c4-paper"
     training photo the whole photo and ``crops_per_photo`` random views (crops, flips, colour jitter), scored at
     every rotation (:func:`fit_probe_weight`, penalty from :func:`choose_penalty`). Saves the canonicalizer (the
     base's trunk and settings, the probe) to ``out_dir`` with ``training.json``; returns what that file holds.
+
+    The features are the base's first pass on this machine (for ``wrn-c4-paper``: int8 on a CPU with VNNI,
+    else bfloat16 or float32), so the fitted weights depend on it slightly; the base's ``recheck_margin`` and
+    ``mirror_margin`` are kept. ``training_accuracy`` (like the inner cross-validation) is the first pass's
+    argmax on the whole photos; ``validation_accuracy`` is the canonicalizer's decision as served.
     """
     config = config or ProbeConfig()
     folder = resolve_canonicalizer_dir(base)
@@ -361,10 +369,8 @@ def fit_probe(files: list[Path], out_dir: str | Path, base: str = "wrn-c4-paper"
                             "input_size": input_size, "probe_levels": list(levels), "probe_grid": config.grid}
     canonicalizer = Canonicalizer(**canonicalizer_config).eval()
     trunk = {k: v for k, v in base_model.network.state_dict().items() if not k.startswith("probe.")}
-    missing, unexpected = canonicalizer.network.load_state_dict(trunk, strict=False)
-    if missing != ["probe.weight"] or unexpected:  # the probe's weight is what is fitted here
-        raise ValueError(f"{base} is not a whole trunk of this architecture: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
+    # Strict: every trunk tensor comes from the base; the probe's weight, fitted below, starts empty.
+    canonicalizer.network.load_state_dict({**trunk, "probe.weight": torch.zeros(0)}, strict=True)
     rng = np.random.default_rng(config.seed)
     train_files, validation_files = split_files(files, config.fold, config.folds)
     if not train_files:

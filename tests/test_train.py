@@ -6,10 +6,10 @@ import torch
 
 from canon import geometry
 from canon.__main__ import main
-from canon.canonicalizer import Canonicalizer
+from canon.canonicalizer import Canonicalizer, trunk_arithmetic
 from canon.networks import EscnnWRN, load_escnn_from_serving
 from canon.train import (ProbeConfig, TrainConfig, augment, choose_penalty, distillation_loss, fit_probe,
-                         fit_probe_weight, matched_views, split_files, split_group)
+                         fit_probe_weight, matched_views, probe_features, split_files, split_group)
 from conftest import UPRIGHT, float32_logits
 
 
@@ -159,16 +159,21 @@ def test_fit_probe_freezes_the_trunk_and_saves_an_equivariant_canonicalizer(tmp_
     assert list(probe_state) == ["probe.weight"] and probe_state["probe.weight"].abs().sum() > 0
     trunk = {k: v for k, v in fitted.network.state_dict().items() if not k.startswith("probe.")}
     assert all(torch.equal(v, paper_canonicalizer.network.state_dict()[k]) for k, v in trunk.items())
-    image = np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    decisions = [fitted.canonicalize(geometry.rotate_image(image, k)) for k in range(4)]
-    assert [d.k for d in decisions] == [(decisions[0].k + k) % 4 for k in range(4)]
-    assert all(np.array_equal(d.canonical_image, decisions[0].canonical_image) for d in decisions)
+    x = fitted.preprocess(np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    with torch.no_grad():
+        scores = fitted.network(x)
+        for k in (1, 2, 3):  # the saved probe's scores themselves roll with the input
+            torch.testing.assert_close(fitted.network(torch.rot90(x, k, dims=(2, 3))), scores.roll(k, dims=1),
+                                       atol=1e-4, rtol=1e-4)
+        first_pass = fitted.network(x, *trunk_arithmetic(fitted.precision, fitted.device))
+    torch.testing.assert_close(first_pass, probe_features(fitted, x) @ fitted.network.probe.weight)
+    assert scores.std() > 0  # the four rotations are told apart
 
 
 def test_train_probe_command_saves_a_loadable_canonicalizer(tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
-    for name in ("animals_cat.jpg", "animals_bison.jpg", "animals_cow.jpg"):
+    for name in ("animals_cat.jpg", "animals_bison.jpg", "animals_cow.jpg", "animals_horse.jpg"):
         (photos / name).write_bytes((UPRIGHT / name).read_bytes())
     out = tmp_path / "probe"
     assert main(["train", "--images", str(photos), "--probe", "wrn-c4-paper", "--input-size", "40",
@@ -190,6 +195,7 @@ def test_train_without_training_photos_ends_with_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--probe", "wrn-c4-paper", "--teacher", "wrn-c4-paper"], "takes no --teacher"),
+    (["--probe", "wrn-c4-paper", "--resume"], "no --resume"),
     (["--fold", "5"], "--fold 0 to folds - 1"),
     (["--distill-weight", "2"], "--distill-weight takes"),
     (["--folds", "1"], "--folds takes 2 or more"),
