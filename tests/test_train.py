@@ -13,6 +13,15 @@ from canon.train import (ProbeConfig, TrainConfig, augment, choose_penalty, dist
 from conftest import UPRIGHT, float32_logits
 
 
+def copied_photos(tmp_path, names: list[str]):
+    """A folder ``tmp_path / "photos"`` holding copies of the named shared photos."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in names:
+        (photos / name).write_bytes((UPRIGHT / name).read_bytes())
+    return photos
+
+
 def test_split_is_fixed_and_keeps_groups_together(upright_files):
     train, validation = split_files(upright_files)
     assert split_files(list(reversed(upright_files))) == (sorted(train, reverse=True), sorted(validation,
@@ -52,12 +61,9 @@ def test_paper_weights_round_trip_through_escnn(paper_canonicalizer, photo):
 
 
 def test_train_resume_and_load_the_checkpoint(tmp_path, capsys):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("animals_cat.jpg", "animals_dog.jpg", "tools_hammer.jpg", "fishes_fish1.jpg", "music_guitar.jpg",
-                 "usa_goldenGateBridge.jpg"):
-        if (UPRIGHT / name).exists():
-            (photos / name).write_bytes((UPRIGHT / name).read_bytes())
+    names = ("animals_cat.jpg", "animals_dog.jpg", "tools_hammer.jpg", "fishes_fish1.jpg", "music_guitar.jpg",
+             "usa_goldenGateBridge.jpg")
+    photos = copied_photos(tmp_path, [name for name in names if (UPRIGHT / name).exists()])
     out = tmp_path / "run"
     common = ["train", "--images", str(photos), "--arch", "wrn-c4-small", "--crops-per-photo", "1",
               "--input-size", "64", "--lr", "0.01", "--out", str(out)]
@@ -97,10 +103,7 @@ def test_distillation_loss_is_the_tempered_kl_divergence():
 
 
 def test_frozen_batch_norm_keeps_its_statistics_in_bfloat16_distillation(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("animals_cat.jpg", "animals_dog.jpg", "animals_cow.jpg", "fishes_fish1.jpg"):
-        (photos / name).write_bytes((UPRIGHT / name).read_bytes())
+    photos = copied_photos(tmp_path, ["animals_cat.jpg", "animals_dog.jpg", "animals_cow.jpg", "fishes_fish1.jpg"])
     out = tmp_path / "run"
     assert main(["train", "--images", str(photos), "--arch", "wrn-c4-small", "--crops-per-photo", "2",
                  "--input-size", "48", "--lr", "0.05", "--epochs", "1", "--freeze-batch-norm", "--bf16",
@@ -171,10 +174,7 @@ def test_fit_probe_freezes_the_trunk_and_saves_an_equivariant_canonicalizer(tmp_
 
 
 def test_train_probe_command_saves_a_loadable_canonicalizer(tmp_path, capsys):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("animals_cat.jpg", "animals_bison.jpg", "animals_cow.jpg", "animals_horse.jpg"):
-        (photos / name).write_bytes((UPRIGHT / name).read_bytes())
+    photos = copied_photos(tmp_path, ["animals_cat.jpg", "animals_bison.jpg", "animals_cow.jpg", "animals_horse.jpg"])
     out = tmp_path / "probe"
     assert main(["train", "--images", str(photos), "--probe", "wrn-c4-paper", "--input-size", "40",
                  "--crops-per-photo", "1", "--folds", "2", "--fold", "0", "--out", str(out)]) == 0
@@ -185,9 +185,7 @@ def test_train_probe_command_saves_a_loadable_canonicalizer(tmp_path, capsys):
 
 
 def test_train_without_training_photos_ends_with_one_line(tmp_path, capsys):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    (photos / "animals_cat.jpg").write_bytes((UPRIGHT / "animals_cat.jpg").read_bytes())  # validation of fold 0 of 2
+    photos = copied_photos(tmp_path, ["animals_cat.jpg"])  # validation of fold 0 of 2
     for extra in (["--probe", "wrn-c4-paper"], ["--arch", "wrn-c4-small"]):
         assert main(["train", "--images", str(photos), "--folds", "2", "--out", str(tmp_path / "run"), *extra]) == 2
         assert "error: the split left no training photo" in capsys.readouterr().err
