@@ -59,6 +59,11 @@ class BlockSpec:
     shortcut: ConvSpec | None
     out_norm: str
 
+    @property
+    def out_fields(self) -> int:
+        """Regular fields of the block's output (its last convolution's, which the residual sum keeps)."""
+        return self.convs[-1].out_fields
+
 
 @dataclass(frozen=True)
 class LayerPlan:
@@ -179,7 +184,7 @@ class EscnnWRN(nn.Module):
         modules = [conv(self.plan.stem), *norm_relu(self.plan.stem.out_fields)]
         for block in self.plan.blocks:
             modules.append(_escnn_block_class()(block, conv, norm_relu))
-            modules.extend(norm_relu(block.convs[0].out_fields))
+            modules.extend(norm_relu(block.out_fields))
         modules.append(conv(self.plan.head))
         self.in_type = rgb
         self.eqv_network = enn.SequentialModule(*modules)
@@ -275,7 +280,7 @@ class ServingWRN(nn.Module):
         # With probe levels, a linear probe on those blocks' pooled outputs replaces the head (see EquivariantProbe).
         self.probe = None
         if probe_levels:
-            fields = [self.plan.blocks[i].convs[-1].out_fields if 0 <= i < len(self.plan.blocks) else None
+            fields = [self.plan.blocks[i].out_fields if 0 <= i < len(self.plan.blocks) else None
                       for i in probe_levels]
             if None in fields:
                 raise ValueError(f"probe levels are block indices in 0..{len(self.plan.blocks) - 1}, "
@@ -303,7 +308,7 @@ class ServingWRN(nn.Module):
                 if norm == prefix:
                     return conv_spec.out_fields
             if block.out_norm == prefix:
-                return block.convs[0].out_fields
+                return block.out_fields
         raise KeyError(prefix)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -407,8 +412,8 @@ class ServingWRN(nn.Module):
             # Filters are kept channels last, the layout oneDNN and cuDNN convolve fastest (the whole network:
             # 412 -> 343 ms in bfloat16 at 128 px on a 2-core EPYC).
             convs = {key: (_channels_last(w.to(dtype)), b.to(dtype)) for key, (_, w, b) in convs.items()}
-        # The pooled head stays float32 (it sums thousands of positions).
-        prepared = {**convs, **affines, "head": self._pooled_head()}
+        # The pooled head stays float32 (it sums thousands of positions); a probe replaces it.
+        prepared = {**convs, **affines, "head": self._pooled_head() if self.probe is None else None}
         self._dense[dtype, int8] = prepared
         return prepared  # not re-read from the cache: another thread may clear it (load, .to(), training)
 
