@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "BASE (a model name or folder) at --input-size, from --crops-per-photo views per photo; "
                             "the network's options (--arch, --init, --epochs, --lr, ...) do not apply")
     _fold_arguments(train)
+    train.add_argument("--train-fraction", type=float, default=1.0,
+                       help="train on about this share of the training photo groups (default 1; a smaller share's "
+                            "photos are a subset of a larger one's, validation unchanged): for learning curves")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     train.add_argument("--out", required=True, help="folder for the per-epoch checkpoints")
 
@@ -376,6 +379,8 @@ def _train(args) -> None:
         raise CliError("--distill-weight takes a weight between 0 and 1")
     if not 0 < args.lr < 1:
         raise CliError("--lr takes a learning rate between 0 and 1")
+    if not 0 < args.train_fraction <= 1:
+        raise CliError("--train-fraction takes a share above 0 and at most 1")
     files = _photos(args.images)
     _writable_folder(args.out)
     if args.probe is not None and (args.teacher is not None or args.resume):
@@ -383,7 +388,8 @@ def _train(args) -> None:
     try:  # a split without training photos, a base that is not a whole trunk
         if args.probe is not None:
             fit_probe(files, args.out, base=args.probe, input_size=args.input_size,
-                      config=ProbeConfig(crops_per_photo=args.crops_per_photo, fold=args.fold, folds=args.folds))
+                      config=ProbeConfig(crops_per_photo=args.crops_per_photo, fold=args.fold, folds=args.folds,
+                                         train_fraction=args.train_fraction))
             print(f"saved {args.out}")
             return
         history = train(files, args.out, arch=args.arch, init=args.init, resume=args.resume,
@@ -391,6 +397,7 @@ def _train(args) -> None:
                         config=TrainConfig(epochs=args.epochs, crops_per_photo=args.crops_per_photo,
                                            learning_rate=args.lr, freeze_batch_norm=args.freeze_batch_norm,
                                            bfloat16=args.bf16, fold=args.fold, folds=args.folds,
+                                           train_fraction=args.train_fraction,
                                            teacher=args.teacher, distill_weight=args.distill_weight))
     except ValueError as error:
         raise CliError(str(error)) from None

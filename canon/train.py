@@ -56,19 +56,31 @@ def split_group(path: Path) -> str:
     return re.sub(r"\d+$", "", path.stem)
 
 
-def split_files(files: list[Path], fold: int = 0, folds: int = 5, salt: str = "") -> tuple[list[Path], list[Path]]:
+def _group_position(path: Path, salt: str) -> float:
+    """The hash of ``salt`` and the file's group, read as a number in [0, 1)."""
+    digest = hashlib.sha256((salt + split_group(path)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_files(files: list[Path], fold: int = 0, folds: int = 5, salt: str = "",
+                train_fraction: float = 1.0) -> tuple[list[Path], list[Path]]:
     """Fixed file-level split into ``(train, validation)``: the hash of a file's group, read as a number in [0, 1),
     falls into one of ``folds`` equal intervals, and the group is validation for that fold and training for the
     others. Fold 0 of 5 is the default split; the 5 folds together put every photo in validation once. A ``salt``
-    (hashed before the group) gives another split, independent of the unsalted one: for folds inside a fold."""
+    (hashed before the group) gives another split, independent of the unsalted one: for folds inside a fold.
+
+    ``train_fraction`` keeps about that share of the training groups, chosen by a third hash, so that a smaller
+    fraction's photos are a subset of a larger one's and validation does not change: for learning curves."""
     if not 0 <= fold < folds:
         raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
+    if not 0 < train_fraction <= 1:
+        raise ValueError(f"the training fraction must be in (0, 1], got {train_fraction}")
 
     def in_validation(path: Path) -> bool:
-        digest = hashlib.sha256((salt + split_group(path)).encode()).digest()
-        return int(int.from_bytes(digest[:8], "big") / 2**64 * folds) == fold
+        return int(_group_position(path, salt) * folds) == fold
     validation = [f for f in files if in_validation(f)]
-    return [f for f in files if not in_validation(f)], validation
+    train = [f for f in files if not in_validation(f) and _group_position(f, salt + "fraction/") < train_fraction]
+    return train, validation
 
 
 @dataclass
@@ -88,6 +100,7 @@ class TrainConfig:
     bfloat16: bool = False  # forward and backward in bfloat16 (autocast; weights stay float32): ~1.9x on AVX512-BF16
     fold: int = 0
     folds: int = 5
+    train_fraction: float = 1.0  # share of the training groups kept (split_files)
     # Distillation: a teacher canonicalizer (a model name or folder) scores the same crop at its own input size, and
     # the loss becomes (1 - w) * prior + w * T^2 * KL(teacher || student) at temperature T (Hinton et al., 2015).
     teacher: str | None = None
@@ -218,7 +231,7 @@ def train(files: list[Path], out_dir: str | Path, arch: str = "wrn-c4-small", in
         history, first_epoch = saved["history"], saved["epoch"] + 1
         rng = np.random.default_rng([config.seed, first_epoch])
 
-    train_files, validation_files = split_files(files, config.fold, config.folds)
+    train_files, validation_files = split_files(files, config.fold, config.folds, train_fraction=config.train_fraction)
     if not train_files:
         raise ValueError("the split left no training photo; give more photos")
     train_photos = [_shrink(load_image(f)) for f in train_files]
@@ -279,6 +292,7 @@ class ProbeConfig:
     max_iterations: int = 200
     fold: int = 0
     folds: int = 5
+    train_fraction: float = 1.0  # share of the training groups kept (split_files)
     seed: int = 0
     crop: TrainConfig = field(default_factory=TrainConfig)  # crop scales and colour jitter of the views
 
@@ -372,7 +386,7 @@ def fit_probe(files: list[Path], out_dir: str | Path, base: str = "wrn-c4-paper"
     # Strict: every trunk tensor comes from the base; the probe's weight, fitted below, starts empty.
     canonicalizer.network.load_state_dict({**trunk, "probe.weight": torch.zeros(0)}, strict=True)
     rng = np.random.default_rng(config.seed)
-    train_files, validation_files = split_files(files, config.fold, config.folds)
+    train_files, validation_files = split_files(files, config.fold, config.folds, train_fraction=config.train_fraction)
     if not train_files:
         raise ValueError("the split left no training photo; give more photos")
     preprocess = canonicalizer.preprocess_config
@@ -389,7 +403,8 @@ def fit_probe(files: list[Path], out_dir: str | Path, base: str = "wrn-c4-paper"
     canonicalizer.eval()
     validation_photos = [load_image(f) for f in validation_files]
     result = {"base": base, "input_size": input_size, "levels": list(levels), "grid": config.grid,
-              "fold": config.fold, "folds": config.folds, "training_photos": len(train_files),
+              "fold": config.fold, "folds": config.folds, "train_fraction": config.train_fraction,
+              "training_photos": len(train_files),
               "views": sum(len(f) for f in features), "penalty": penalty,
               "inner_validation": {str(k): v for k, v in inner.items()},
               "training_accuracy": _upright_scores(features, weight)[0] / len(features),

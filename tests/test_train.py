@@ -16,7 +16,7 @@ from conftest import UPRIGHT, float32_logits
 def copied_photos(tmp_path, names: list[str]):
     """A folder ``tmp_path / "photos"`` holding copies of the named shared photos."""
     photos = tmp_path / "photos"
-    photos.mkdir()
+    photos.mkdir(parents=True)
     for name in names:
         (photos / name).write_bytes((UPRIGHT / name).read_bytes())
     return photos
@@ -42,6 +42,21 @@ def test_folds_put_every_photo_in_validation_once(upright_files):
         assert not {split_group(f) for f in train} & {split_group(f) for f in validation}
     with pytest.raises(ValueError, match="fold must be in 0..4"):
         split_files(upright_files, 5, 5)
+
+
+def test_training_fraction_nests_and_leaves_validation_alone(upright_files):
+    full_train, validation = split_files(upright_files, 2, 5)
+    assert split_files(upright_files, 2, 5, train_fraction=1.0) == (full_train, validation)
+    kept = [set(split_files(upright_files, 2, 5, train_fraction=f)[0]) for f in (0.25, 0.5, 0.75)]
+    assert all(split_files(upright_files, 2, 5, train_fraction=f)[1] == validation for f in (0.25, 0.5, 0.75))
+    assert kept[0] < kept[1] < kept[2] < set(full_train)  # nested, and each smaller than the next
+    groups = {split_group(f) for f in full_train}
+    for fraction, train in zip((0.25, 0.5, 0.75), kept):
+        assert {f for f in full_train if split_group(f) in {split_group(g) for g in train}} == train  # whole groups
+        assert abs(len({split_group(f) for f in train}) / len(groups) - fraction) < 0.2
+    for fraction in (0, 1.5):
+        with pytest.raises(ValueError, match="training fraction must be in"):
+            split_files(upright_files, 2, 5, train_fraction=fraction)
 
 
 def test_augmented_views_are_valid_inputs(photo):
@@ -185,10 +200,14 @@ def test_train_probe_command_saves_a_loadable_canonicalizer(tmp_path, capsys):
 
 
 def test_train_without_training_photos_ends_with_one_line(tmp_path, capsys):
-    photos = copied_photos(tmp_path, ["animals_cat.jpg"])  # validation of fold 0 of 2
-    for extra in (["--probe", "wrn-c4-paper"], ["--arch", "wrn-c4-small"]):
-        assert main(["train", "--images", str(photos), "--folds", "2", "--out", str(tmp_path / "run"), *extra]) == 2
-        assert "error: the split left no training photo" in capsys.readouterr().err
+    alone = copied_photos(tmp_path / "alone", ["animals_cat.jpg"])  # validation of fold 0 of 2
+    # Bison and horse train on fold 0 of 2, but neither group is in the first 10 % of the training fraction's hash.
+    thinned = copied_photos(tmp_path / "thinned", ["animals_cat.jpg", "animals_bison.jpg", "animals_horse.jpg"])
+    for photos, fraction in ((alone, "1"), (thinned, "0.1")):
+        for extra in (["--probe", "wrn-c4-paper"], ["--arch", "wrn-c4-small"]):
+            assert main(["train", "--images", str(photos), "--folds", "2", "--train-fraction", fraction,
+                         "--out", str(tmp_path / "run"), *extra]) == 2
+            assert "error: the split left no training photo" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -197,6 +216,7 @@ def test_train_without_training_photos_ends_with_one_line(tmp_path, capsys):
     (["--fold", "5"], "--fold 0 to folds - 1"),
     (["--distill-weight", "2"], "--distill-weight takes"),
     (["--folds", "1"], "--folds takes 2 or more"),
+    (["--train-fraction", "0"], "--train-fraction takes a share"),
     (["--group", "C8"], "not supported"),
     (["--arch", "resnet"], "--arch takes"),
     (["--init", "paper"], "--init paper needs --arch wrn-c4-paper"),
