@@ -57,9 +57,9 @@ def split_group(path: Path) -> str:
 
 
 def _group_position(path: Path, salt: str) -> float:
-    """The hash of ``salt`` and the file's group, read as a number in [0, 1)."""
+    """The hash of ``salt`` and the file's group, read as a number in [0, 1) (53 bits: exact in a float, never 1)."""
     digest = hashlib.sha256((salt + split_group(path)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return (int.from_bytes(digest[:8], "big") >> 11) / 2**53
 
 
 def split_files(files: list[Path], fold: int = 0, folds: int = 5, salt: str = "",
