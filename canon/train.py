@@ -75,11 +75,12 @@ def split_files(files: list[Path], fold: int = 0, folds: int = 5, salt: str = ""
         raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
     if not 0 < train_fraction <= 1:
         raise ValueError(f"the training fraction must be in (0, 1], got {train_fraction}")
-
-    def in_validation(path: Path) -> bool:
-        return int(_group_position(path, salt) * folds) == fold
-    validation = [f for f in files if in_validation(f)]
-    train = [f for f in files if not in_validation(f) and _group_position(f, salt + "fraction/") < train_fraction]
+    train, validation = [], []
+    for f in files:
+        if int(_group_position(f, salt) * folds) == fold:
+            validation.append(f)
+        elif _group_position(f, salt + "fraction/") < train_fraction:
+            train.append(f)
     return train, validation
 
 
