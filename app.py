@@ -10,7 +10,8 @@ serves it with this app's settings.
 from __future__ import annotations
 
 import argparse
-import json
+import logging
+import math
 import os
 import sys
 from functools import partial
@@ -19,19 +20,25 @@ from typing import NamedTuple
 
 import gradio as gr
 import numpy as np
+import pydantic
+from gradio.exceptions import ComponentProcessingError, InvalidPathError
+from gradio.utils import get_upload_folder
 
 from canon import geometry, maskio
 from canon.demo import (ExportFolder, Models, Outcome, Session, draw_prompts, is_unsure, prepare_photo, run,
                         sweep)
-from canon.images import MAX_FILE_BYTES, ImageError, load_image
+from canon.images import MAX_FILE_BYTES, UPLOAD_REFUSAL, ImageError, read_upload
 from canon.models import ModelUnavailableError
 from canon.render import overlay
-from canon.segmenter import PathResult, Prompts
+from canon.prompts import parse_prompts
+from canon.segmenter import PathResult
 
 try:  # Hugging Face ZeroGPU attaches a GPU only while a function wrapped in spaces.GPU runs
     import spaces
 except ImportError:
     spaces = None
+
+log = logging.getLogger("canon.app")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # (file, caption); the photos' authors and licences are in examples/SOURCES.csv.
@@ -60,6 +67,20 @@ CSS = """
 """
 
 
+class Blocks(gr.Blocks):
+    """``gr.Blocks`` whose own refusals of a request's inputs reach the visitor as one sentence, not as Gradio's
+    bare "Error" with a traceback in the server log: a file payload outside Gradio's upload folder (Gradio checks
+    those it recognises as its own before any handler runs) and a payload that fails a component's data model."""
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except InvalidPathError:
+            raise _refusal(block_fn.name, UPLOAD_REFUSAL) from None
+        except (pydantic.ValidationError, ComponentProcessingError):
+            raise _refusal(block_fn.name, "the request does not have the form this app accepts") from None
+
+
 class Page(NamedTuple):
     """The values of the outputs that every photo and prompt event updates, in the order of ``build_demo``'s
     ``page`` components."""
@@ -82,9 +103,11 @@ def _gpu(fn):
 
 
 def _warning(message) -> str:
-    """A library's one-sentence message as a warning line, ending in one full stop (its first word may be a file
-    name, so its case is kept)."""
-    return f"⚠ {str(message).strip().rstrip('.')}."
+    """A library's one-sentence message as a warning line for the page, ending in one full stop (its first word may
+    be a file name, so its case is kept); the server log gets it as one line."""
+    text = str(message).strip().rstrip(".")
+    log.info("refused: %s", text)
+    return f"⚠ {text}."
 
 
 class Handlers:
@@ -94,6 +117,7 @@ class Handlers:
 
     def __init__(self, models: Models, exports: ExportFolder | None = None, everything_options: dict | None = None):
         self.models = models
+        self.uploads = Uploads()
         self.exports = exports or ExportFolder()
         self.everything_options = everything_options or {}
         self._run = _gpu(run)
@@ -107,9 +131,10 @@ class Handlers:
         if upload is None:
             return self._blank(session, HOW_TO)
         try:
-            photo, note = prepare_photo(_upload_path(upload))
+            photo, size = self.uploads.photo(upload)
         except ImageError as error:
             return self._blank(session, _warning(error))
+        note = _shrink_note(size, photo)
         status = "Photo loaded" + (f" ({note})" if note else "") + ". Turn it, then click on it to prompt SAM."
         return self._refresh(session.with_photo(photo), status)
 
@@ -118,11 +143,11 @@ class Handlers:
         """The photo turned to ``angle`` degrees counter-clockwise; the prompts turn with it."""
         session = session or Session()
         try:
-            session = session.rotated_to(angle)
-        except (ValueError, TypeError):
-            return self._unchanged(session, "⚠ Give the angle as a number of degrees.")
+            session = session.rotated_to(_degrees(angle))
+        except ValueError as error:
+            return self._unchanged(session, _warning(error))
         if session.photo is None:
-            return self._blank(session, "Upload a photo first.")
+            return self._unchanged(session, "⚠ Upload a photo first.")
         return self._refresh(session, "", sam, multimask)
 
     def click(self, session: Session | None, mode: str, sam: str, multimask: bool, evt: gr.SelectData,
@@ -131,8 +156,8 @@ class Handlers:
         session = session or Session()
         if session.photo is None:
             return self._unchanged(session, "⚠ Upload a photo first.")
-        x, y = evt.index  # the integer pixel (column, row) of the displayed image; its centre is at + 0.5
         try:
+            x, y = _pixel(evt.index)  # the integer pixel (column, row) of the displayed image; centre at + 0.5
             session = session.clicked(x + 0.5, y + 0.5, CLICK_MODES[mode])
         except ValueError as error:
             return self._unchanged(session, _warning(error))
@@ -165,8 +190,10 @@ class Handlers:
         self._preload(sam)
         try:
             entries = self._sweep(self.models, session, sam, multimask)
-        except (ValueError, ModelUnavailableError) as error:
+        except ValueError as error:
             return gr.Gallery(visible=False), _warning(error)
+        except ModelUnavailableError as error:
+            return gr.Gallery(visible=False), _warning(error.public)
         reference = session.reference()
         marked = partial(draw_prompts, prompts=session.prompts("reference"))
         items = []
@@ -181,32 +208,49 @@ class Handlers:
 
     # ------------------------------------------------------------------------------------------ API endpoints
 
-    def api_segment(self, image, angle: float, points: str, box: str, sam: str, multimask: bool):
+    def api_segment(self, image, angle, points, box, sam, multimask):
         """``/segment``: both paths for explicit prompts (in the sent photo's pixels) on the photo turned by
-        ``angle``; the overlays, and a dict with the decision, timings, IoU and masks (COCO RLE, turned frame)."""
+        ``angle``; the overlays, and a dict with the decision, timings, IoU and masks (COCO RLE, turned frame).
+
+        A photo with a side over the page's bound is shrunk to it first, as on the page, and the prompts with it:
+        the masks and overlays are then in the shrunk photo's frame, and ``scale`` in the dict says by how much."""
         try:
-            session = Session(photo=_api_photo(image)).rotated_to(angle or 0.0)
-            session = session.prompted(_parse_prompts(points, box))
-        except ValueError as error:
-            raise gr.Error(str(error)) from None
-        sam = sam or self.models.default_sam
+            photo, size = self.uploads.photo(image)
+            prompts = parse_prompts(points, box)
+            prompts.validate(size)
+            scale = (photo.shape[1] / size[1], photo.shape[0] / size[0])
+            session = Session(photo=photo).rotated_to(_degrees(angle)).prompted(prompts.scaled(*scale))
+            sam, multimask = self._choice(sam), _flag(multimask, "multimask")
+        except ValueError as error:  # ImageError, PromptError and the session's own checks
+            raise _refusal("segment", error) from None
         self._preload(sam)
-        outcome = self._run(self.models, session, sam, bool(multimask))
+        outcome = self._run(self.models, session, sam, multimask)
         if outcome.sam_error:
-            raise gr.Error(outcome.sam_error)
+            raise _refusal("segment", outcome.sam_error)
         result = outcome.result
-        info = _decision_info(outcome, session.angle) | {
+        info = _decision_info(outcome, session.angle) | _size_info(size, photo) | {
             "iou": outcome.agreement, "sam": _path_info(result.sam), "canonicalized": _path_info(result.canonicalized)}
         return overlay(outcome.view, result.sam.masks), overlay(outcome.view, result.canonicalized.masks), info
 
-    def api_canonicalize(self, image, angle: float):
-        """``/canonicalize``: the image the canonicalizer would hand SAM, and its decision; needs no SAM."""
+    def api_canonicalize(self, image, angle):
+        """``/canonicalize``: the image the canonicalizer would hand SAM, and its decision; needs no SAM. A photo
+        over the page's bound is shrunk first, as in ``/segment``."""
         try:
-            session = Session(photo=_api_photo(image)).rotated_to(angle or 0.0)
+            photo, size = self.uploads.photo(image)
+            session = Session(photo=photo).rotated_to(_degrees(angle))
         except ValueError as error:
-            raise gr.Error(str(error)) from None
+            raise _refusal("canonicalize", error) from None
         outcome = self._run(self.models, session, self.models.default_sam)
-        return outcome.canonicalization.canonical_image, _decision_info(outcome, session.angle)
+        return outcome.canonicalization.canonical_image, _decision_info(outcome, session.angle) | _size_info(
+            size, photo)
+
+    def _choice(self, sam) -> str:
+        """The SAM an API call names (a text from the choices; empty for the default)."""
+        if sam is None or sam == "":
+            return self.models.default_sam
+        if not isinstance(sam, str) or sam not in self.models.sam_choices:
+            raise ValueError(f"unknown SAM; choose one of {', '.join(self.models.sam_choices)}")
+        return sam
 
     # -------------------------------------------------------------------------------------------------- helpers
 
@@ -235,8 +279,7 @@ class Handlers:
             return self._unchanged(session, _warning(error))
         result = outcome.result
         if outcome.sam_error:
-            status, panel_note = "⚠ Only the canonicalizer could run: see below.", _warning(
-                f"SAM is not available: {outcome.sam_error}")
+            status, panel_note = "⚠ Only the canonicalizer could run: see below.", _warning(outcome.sam_error)
         else:
             panel_note = LEGEND if result is not None else NO_RESULTS
             status = status or ("Done. Click again to refine, or turn the photo: your prompts turn with it."
@@ -268,35 +311,88 @@ class Handlers:
 # ------------------------------------------------------------------------------------------- input and wording
 
 
-def _upload_path(upload) -> str:
-    """The server-side path in Gradio's file payload (a dict with "path"), or a plain path."""
-    return upload["path"] if isinstance(upload, dict) else str(upload)
+class Uploads:
+    """The files this app received from visitors, which are the only ones an event may read: uploads through
+    Gradio's upload route, and the example photos Gradio copied into its cache when the page was built. Gradio hands
+    events a file payload (a dict with a ``path``) that a client can make up, so the path is checked against these
+    before anything is opened (see :func:`canon.images.read_upload`). A component's ``temp_files`` is no such
+    record: Gradio adds to it any path in its folder that a request names."""
+
+    def __init__(self):
+        self.demo: gr.Blocks | None = None
+        self._examples: frozenset[str] = frozenset()
+
+    def bind(self, demo: gr.Blocks, examples: gr.Examples | None = None) -> None:
+        """Accept what ``demo`` receives through its upload route, and the files of ``examples`` as cached now."""
+        self.demo = demo
+        samples = examples.dataset.samples if examples is not None else []
+        self._examples = frozenset(value["path"] for row in samples for value in row
+                                   if isinstance(value, dict) and isinstance(value.get("path"), str))
+
+    def __contains__(self, path) -> bool:
+        return self.demo is not None and (path in self.demo.upload_file_set or path in self._examples)
+
+    def photo(self, payload) -> tuple[np.ndarray, tuple[int, int]]:
+        """The photo a payload names (Gradio's dict, or a path as text), decoded at the page's bound, and its size
+        before (see :func:`canon.demo.prepare_photo`); ``ImageError`` (one sentence) otherwise."""
+        if payload is None:
+            raise ImageError("send a photo")
+        path = payload.get("path") if isinstance(payload, dict) else payload
+        data = read_upload(path, self, get_upload_folder())
+        return prepare_photo(data, name=Path(path).name)  # the visitor's own file name, as Gradio stored it
 
 
-def _api_photo(image) -> np.ndarray:
-    if image is None:
-        raise gr.Error("send a photo")
+def _degrees(value) -> float:
+    """An angle as the page or a client sends it: a finite number of degrees (None or empty: 0)."""
+    if value is None or value == "":
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("give the angle as a number of degrees")
     try:
-        return load_image(_upload_path(image))
-    except ImageError as error:
-        raise gr.Error(str(error)) from None
+        degrees = float(value) if not isinstance(value, str) or len(value) <= 32 else math.nan
+    except (ValueError, OverflowError):
+        degrees = math.nan
+    if not math.isfinite(degrees) or abs(degrees) > 1e6:
+        raise ValueError("give the angle as a number of degrees")
+    return degrees
 
 
-def _parse_prompts(points: str, box: str) -> Prompts:
-    """``points``: JSON ``[[x, y, label], ...]`` (label 1 = object, the default, 0 = background); ``box``: JSON
-    ``[x0, y0, x1, y1]``, ``"x0,y0,x1,y1"`` or empty. Raise ``ValueError`` (one sentence) when they do not parse."""
-    try:
-        rows = [(float(p[0]), float(p[1]), int(p[2]) if len(p) > 2 else 1)
-                for p in (json.loads(points) if points and points.strip() else [])]
-        corners = None
-        if box and box.strip():
-            text = box.strip()
-            corners = [float(v) for v in (json.loads(text) if text.startswith("[") else text.split(","))]
-            if len(corners) != 4:
-                raise ValueError
-    except (ValueError, TypeError, IndexError, KeyError):
-        raise ValueError("points must be JSON like [[x, y, 1], [x, y, 0]] and box like [x0, y0, x1, y1]") from None
-    return Prompts.make([row[:2] for row in rows], [row[2] for row in rows], corners)
+def _pixel(index) -> tuple[int, int]:
+    """The (column, row) a click event names; anything else is refused."""
+    if (not isinstance(index, (list, tuple)) or len(index) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and abs(v) < 10**6 for v in index)):
+        raise ValueError("that click did not name a pixel of the photo")
+    return index[0], index[1]
+
+
+def _flag(value, name: str) -> bool:
+    """A yes/no a client sends (None: yes, the default)."""
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false")
+    return value
+
+
+def _refusal(event: str, message) -> gr.Error:
+    """A visitor's request refused with one sentence: logged as one line, shown without a traceback."""
+    text = str(message).strip().rstrip(".")
+    log.info("refused %s: %s", event, text)
+    return gr.Error(text[:1].upper() + text[1:] + ".", print_exception=False)
+
+
+def _shrink_note(size: tuple[int, int], photo) -> str:
+    height, width = size
+    if photo.shape[:2] == (height, width):
+        return ""
+    return f"shrunk from {width}x{height} to {photo.shape[1]}x{photo.shape[0]} pixels for the page"
+
+
+def _size_info(size: tuple[int, int], photo) -> dict:
+    """How the photo a client sent relates to the one the masks are in."""
+    height, width = size
+    return {"photo_size": [width, height], "processed_size": [photo.shape[1], photo.shape[0]],
+            "scale": [photo.shape[1] / width, photo.shape[0] / height]}
 
 
 def _probabilities(decision) -> dict[str, float]:
@@ -384,15 +480,15 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
     together (1 suits a CPU); ``everything_options`` go to segment-anything's automatic mask generator."""
     handlers = Handlers(models, everything_options=everything_options)
     heavy = dict(concurrency_id=HEAVY, concurrency_limit=concurrency_limit, api_visibility="private")
-    with gr.Blocks(title="Canonicalized SAM", delete_cache=(3600, 3600)) as demo:
+    with Blocks(title="Canonicalized SAM", delete_cache=(3600, 3600)) as demo:
         session = gr.State(Session(), time_to_live=4 * 3600)
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300):
                 upload = gr.Image(label="1 · Photo", type="filepath", sources=["upload", "clipboard"], height=240,
                                   buttons=["fullscreen"], elem_id="upload")
-                gr.Examples([[str(EXAMPLES_DIR / name)] for name, _ in EXAMPLES], inputs=upload,
-                            example_labels=[caption for _, caption in EXAMPLES], label="Examples")
+                examples = gr.Examples([[str(EXAMPLES_DIR / name)] for name, _ in EXAMPLES], inputs=upload,
+                                       example_labels=[caption for _, caption in EXAMPLES], label="Examples")
                 gr.Markdown("**2 · Turn the photo** (counter-clockwise)")
                 with gr.Row():
                     turns = {angle: gr.Button(f"{angle}°", size="sm", min_width=60) for angle in (0, 90, 180, 270)}
@@ -470,6 +566,7 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
                           [api_sam_overlay, api_canonicalized_overlay, api_info], api_name="segment", **api)
         api_canonicalize.click(handlers.api_canonicalize, [api_image, api_angle], [api_canonical, api_info],
                                api_name="canonicalize", **api)
+    handlers.uploads.bind(demo, examples)
     return demo
 
 
@@ -484,9 +581,26 @@ def launch(demo: gr.Blocks, **options):
 # --------------------------------------------------------------------------------------------------- command line
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as the library's command line does, instead of usage + message
+        self.exit(2, f"error: {message} (see python app.py --help)\n")
+
+
+def _log_to_stderr() -> None:
+    """One line per event of this app's and the library's loggers (refused requests, SAM loads) on stderr."""
+    logger = logging.getLogger("canon")
+    if logger.handlers:  # main() run again in one process (tests)
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         description="Canonicalized SAM demo: SAM alone and SAM + a learned canonicalizer on a turned photo.",
         epilog="Each option can also be set by the environment variable named in its help.")
     parser.add_argument("--sam", default=env("CANON_SAM"), metavar="NAME_OR_PATH",
@@ -500,15 +614,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-name", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="the address to listen on, 0.0.0.0 for every interface (env GRADIO_SERVER_NAME; "
                              "default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")),
+    parser.add_argument("--port", type=_int_in(1, 65535), default=env("GRADIO_SERVER_PORT", "7860"),
                         help="the port (env GRADIO_SERVER_PORT; default 7860)")
     parser.add_argument("--share", action="store_true", default=env("GRADIO_SHARE", "").lower() in ("1", "true"),
                         help="also serve through a temporary public gradio.live link (env GRADIO_SHARE=1)")
     parser.add_argument("--auth", default=env("CANON_AUTH"), metavar="USER:PASS",
                         help="ask visitors for this user name and password (env CANON_AUTH)")
-    parser.add_argument("--concurrency", type=int, default=int(env("CANON_CONCURRENCY", "1")),
+    parser.add_argument("--concurrency", type=_int_in(1, 64), default=env("CANON_CONCURRENCY", "1"),
                         help="model runs at once, all visitors together (env CANON_CONCURRENCY; default 1)")
     return parser
+
+
+def _int_in(low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high`` (argparse applies it to string defaults too, so a
+    bad environment variable is refused like a bad option)."""
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not from {low} to {high}")
+        return value
+
+    return whole_number
 
 
 def sam_sources(sam: str | None) -> tuple[dict[str, str], str]:
@@ -528,6 +657,7 @@ def main(argv: list[str] | None = None) -> None:
     user, colon, password = (args.auth or "").partition(":")
     if args.auth and not (user and colon and password):
         parser.error("--auth takes USER:PASS")
+    _log_to_stderr()
     from canon.canonicalizer import Canonicalizer
     from canon.segmenter import pick_device
 

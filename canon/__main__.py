@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .prompts import PromptError, Prompts, parse_box, parse_point
+
 
 class CliError(Exception):
     """A user error: printed as one ``error: ...`` line, exit status 2."""
@@ -24,28 +26,15 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see {self.prog} --help)")
 
 
-def _point(text: str) -> tuple[float, float, int]:
-    parts = text.split(",")
-    try:
-        if len(parts) not in (2, 3):
-            raise ValueError
-        x, y = float(parts[0]), float(parts[1])
-        label = int(parts[2]) if len(parts) == 3 else 1
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--point takes X,Y or X,Y,LABEL with LABEL 1 or 0, got {text!r}") from None
-    if not (np.isfinite(x) and np.isfinite(y)) or label not in (0, 1):
-        raise argparse.ArgumentTypeError(f"--point takes finite X,Y and LABEL 1 or 0, got {text!r}")
-    return x, y, label
+def _cli_type(parse):
+    """An argparse type from one of canon.prompts' parsers: its one sentence becomes argparse's message."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except PromptError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
-
-def _box(text: str) -> tuple[float, float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-        if len(values) != 4 or not all(np.isfinite(values)):
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--box takes X0,Y0,X1,Y1 (four finite numbers), got {text!r}") from None
-    return values
+    return convert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("image", help="photo to segment (JPEG, PNG, ...)")
     seg.add_argument("--rotate", type=float, default=0.0,
                      help="rotate the photo by this many degrees counter-clockwise first (a multiple of 90)")
-    seg.add_argument("--point", type=_point, action="append", default=[], metavar="X,Y[,LABEL]",
+    seg.add_argument("--point", type=_cli_type(parse_point), action="append", default=[], metavar="X,Y[,LABEL]",
                      help="a click in the photo as stored on disk (x right, y down, pixels); LABEL 1 = object "
                           "(default), 0 = background; repeat for more points")
-    seg.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="a box in the photo as stored on disk")
+    seg.add_argument("--box", type=_cli_type(parse_box), metavar="X0,Y0,X1,Y1",
+                     help="a box in the photo as stored on disk")
     seg.add_argument("--everything", action="store_true", help="segment everything (no prompts)")
     seg.add_argument("--sam", default=None, help="SAM model name from weights/models.json, or a local .pth")
     seg.add_argument("--canonicalizer", default=None, help="canonicalizer name, or a local model folder")
@@ -188,7 +178,6 @@ def _writable_folder(path: str) -> Path:
 def _segment(args) -> None:
     from . import geometry
     from .images import ImageError, load_image
-    from .segmenter import Prompts
 
     try:
         k = geometry.k_from_degrees(args.rotate)

@@ -25,8 +25,9 @@ from . import geometry
 from .canonicalizer import PRECISIONS, Canonicalizer, bfloat16_is_native, trunk_arithmetic
 from .images import load_image
 from .networks import EscnnWRN, int8_is_native
+from .prompts import Prompts
 from .render import overlay
-from .segmenter import SAM_ARCHITECTURES, EquivariantSegmenter, Prompts, SamBackend, build_sam, pick_device
+from .segmenter import SAM_ARCHITECTURES, EquivariantSegmenter, SamBackend, build_sam, pick_device
 
 BENCH_IMAGE_SIZE = (768, 1024)  # a 4:3 landscape photo at SAM's working resolution
 REPO = Path(__file__).resolve().parents[1]

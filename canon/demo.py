@@ -10,6 +10,7 @@ the photo keeps the clicks on the same object. A sweep's *reference* is the phot
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import threading
@@ -23,10 +24,13 @@ from PIL import Image, ImageDraw
 
 from . import geometry, maskio
 from .canonicalizer import Canonicalization, Canonicalizer
-from .images import load_image
+from .images import load_photo
 from .models import ModelUnavailableError
 from .render import mask_iou
-from .segmenter import MAX_POINTS, DualResult, EquivariantSegmenter, PathResult, Prompts, SamBackend, SweepEntry
+from .prompts import MAX_POINTS, Prompts
+from .segmenter import DualResult, EquivariantSegmenter, PathResult, SamBackend, SweepEntry
+
+log = logging.getLogger(__name__)
 
 MAX_SIDE = 1600  # longer photos are shrunk for the page; SAM and the canonicalizer work at 1024 px anyway
 UNSURE_BELOW = 0.5  # a canonicalization whose top probability is lower is flagged as unsure
@@ -66,9 +70,10 @@ class Models:
     def sam(self, choice: str) -> SamBackend:
         """The SAM backend offered as ``choice``, loaded (and downloaded) if need be; raise
         :class:`ModelUnavailableError` with one sentence when it cannot be had."""
-        source = self.sam_sources.get(choice)
+        source = self.sam_sources.get(choice) if isinstance(choice, str) else None
         if source is None:
-            raise ModelUnavailableError(f"unknown SAM {choice!r}: choose one of {', '.join(self.sam_sources)}.")
+            known = f"choose one of {', '.join(self.sam_sources)}"
+            raise ModelUnavailableError(f"unknown SAM {str(choice)[:40]!r}: {known}.", public=f"unknown SAM; {known}")
         if isinstance(source, SamBackend):
             return source
         with self._lock:
@@ -77,12 +82,13 @@ class Models:
                 return self._loaded[choice]
             failed_at, message = self._failures.get(choice, (-np.inf, ""))
             if time.monotonic() - failed_at < self.retry_after_s:
-                raise ModelUnavailableError(message)
+                raise ModelUnavailableError(message, public=_unavailable(choice))
             try:
                 backend = SamBackend.load(source, device=self.device)
             except ModelUnavailableError as error:
+                log.warning("SAM %s is unavailable: %s", choice, error)  # the operator's message, with the fix
                 self._failures[choice] = (time.monotonic(), str(error))
-                raise
+                raise ModelUnavailableError(str(error), public=_unavailable(choice)) from None
             self._failures.pop(choice, None)
             self._loaded[choice] = backend
             while len(self._loaded) > self.max_loaded:
@@ -93,21 +99,19 @@ class Models:
         return EquivariantSegmenter(self.canonicalizer, self.sam(choice))
 
 
+def _unavailable(choice: str) -> str:
+    return (f"SAM {choice} cannot be loaded on this server now (its weights are not here and could not be "
+            "downloaded); the canonicalizer still works")
+
+
 # ------------------------------------------------------------------------------------------------------ session
 
 
-def prepare_photo(source, max_side: int = MAX_SIDE) -> tuple[np.ndarray, str]:
-    """Decode an upload (path, bytes or PIL image; see :func:`canon.images.load_image`, whose ``ImageError`` it
-    raises) into an ``H x W x 3`` uint8 photo with its longest side at most ``max_side``; also return a short note
-    for the visitor ("" when the photo was kept as it is)."""
-    photo = load_image(source)
-    height, width = photo.shape[:2]
-    scale = max_side / max(height, width)
-    if scale >= 1:
-        return photo, ""
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    shrunk = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS))
-    return shrunk, f"shrunk from {width}x{height} to {size[0]}x{size[1]} pixels for the page"
+def prepare_photo(source, max_side: int = MAX_SIDE, name: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an upload (path, bytes or PIL image, called ``name`` in messages; see :func:`canon.images.load_photo`,
+    whose ``ImageError`` it raises) into an ``H x W x 3`` uint8 photo with its longest side at most ``max_side`` (the
+    page's bound); also return the size ``(H, W)`` it had before (the photo's own size when it was not shrunk)."""
+    return load_photo(source, max_side, name=name)
 
 
 @dataclass(frozen=True)
@@ -233,8 +237,8 @@ class Outcome:
     """What one request produced: the view it ran on, the canonicalizer's decision, and SAM's results.
 
     ``result`` is None when SAM was not asked (no prompts yet) or could not run; ``sam_error`` then says why, in
-    one sentence, in the second case. ``agreement`` is the IoU of the two paths' best masks (for "segment
-    everything", of the areas the masks cover), or None without results.
+    one sentence for a visitor (no server paths or options), in the second case. ``agreement`` is the IoU of the
+    two paths' best masks (for "segment everything", of the areas the masks cover), or None without results.
     """
 
     view: np.ndarray
@@ -268,7 +272,7 @@ def run(models: Models, session: Session, sam_choice: str, multimask: bool = Tru
     try:
         segmenter = models.segmenter(sam_choice)
     except ModelUnavailableError as error:
-        return Outcome(view, models.canonicalizer.canonicalize(view), session.residual_deg, sam_error=str(error))
+        return Outcome(view, models.canonicalizer.canonicalize(view), session.residual_deg, sam_error=error.public)
     if session.everything:
         result = segmenter.segment_everything(view, **(everything_options or {}))
         agreement = mask_iou(result.sam.masks.any(axis=0), result.canonicalized.masks.any(axis=0))

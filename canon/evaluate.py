@@ -12,6 +12,7 @@ from tqdm import tqdm
 from . import geometry
 from .canonicalizer import Canonicalizer
 from .images import load_image
+from .prompts import Prompts
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -63,10 +64,8 @@ def orientation_table(summary: dict) -> str:
                              f"{summary['median_ms']:.0f} ms, mean {summary['mean_ms']:.0f} ms")
 
 
-def centre_prompts(size: tuple[int, int]) -> "Prompts":
+def centre_prompts(size: tuple[int, int]) -> Prompts:
     """The label-free prompt of the consistency check: one foreground click at the centre of an ``(H, W)`` image."""
-    from .segmenter import Prompts
-
     height, width = size
     return Prompts.make([[width / 2, height / 2]], [1])
 

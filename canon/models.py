@@ -18,12 +18,17 @@ This module only finds files: it never unpickles or loads them.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import hashlib
 import json
 import logging
+import math
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import httpx2
@@ -47,6 +52,11 @@ CANONICALIZER_FILES = ("config.json", "model.safetensors")
 # Seconds one Hub request may take. huggingface_hub alone retries an unreachable Hub for 23 s (5 back-offs), and up
 # to a minute per try when packets are dropped; HF_HUB_ETAG_TIMEOUT, when set, wins as it does in huggingface_hub.
 HUB_TIMEOUT_S = 5.0
+# Seconds a whole download may take, whatever the pace of the Hub (a trickle resets every per-read timeout):
+# HUB_DEADLINE_S, and one more second for every HUB_MIN_RATE bytes the file is pinned at. CANON_HUB_DEADLINE_S wins.
+HUB_DEADLINE_S = 60.0
+HUB_MIN_RATE = 4 * 2**20
+ENV_HUB_DEADLINE = "CANON_HUB_DEADLINE_S"
 ENV_CACHE_DIR = "CANON_CACHE_DIR"
 ENV_CANONICALIZER_REPO = "CANON_CANONICALIZER_REPO"
 ENV_CANONICALIZER_REVISION = "CANON_CANONICALIZER_REVISION"
@@ -55,7 +65,13 @@ Registry = Mapping | str | os.PathLike | None
 
 
 class ModelUnavailableError(RuntimeError):
-    """A model's weights cannot be found, fetched or trusted; the message names the model and what to do."""
+    """A model's weights cannot be found, fetched or trusted; the message names the model and what to do, for the
+    person who runs the program (it may name paths, options and environment variables). ``public`` says the same
+    to a visitor of a served app, without them."""
+
+    def __init__(self, message: str, public: str | None = None):
+        super().__init__(message)
+        self.public = public or "the model's weights are not available on this server"
 
 
 @dataclass(frozen=True)
@@ -279,7 +295,7 @@ def _resolve_remote(
         )
     paths = []
     for name, pin in pins.items():
-        path = _download(label, hint, repo_id, name, revision, pin.get("sha256"), cache_dir)
+        path = _download(label, hint, repo_id, name, revision, pin, cache_dir)
         _check_cached(label, hint, path, pin, f"downloaded from {repo_id}")
         paths.append(path)
     return paths
@@ -297,8 +313,66 @@ def _hub_timeout() -> float:
     return HUB_TIMEOUT_S
 
 
-def _download(label: str, hint: str, repo_id: str, filename: str, revision: str, sha256: str | None, cache_dir) -> Path:
-    """Fetch one file into the Hugging Face cache, failing within the Hub timeout when the Hub cannot serve it."""
+def _download(label: str, hint: str, repo_id: str, filename: str, revision: str, pin: Mapping, cache_dir) -> Path:
+    """Fetch one file into the Hugging Face cache within :func:`_hub_deadline`; fail fast when the Hub cannot serve
+    it. Past the deadline the caller gets a :class:`ModelUnavailableError` while the download goes on in the
+    background, one per file: a later call waits for the same one instead of starting another."""
+    deadline = _hub_deadline(pin.get("size"))
+    key = (repo_id, filename, revision, str(cache_dir))
+    with _DOWNLOADS_LOCK:
+        future = _DOWNLOADS.get(key)
+        if future is None:
+            future = concurrent.futures.Future()
+            _DOWNLOADS[key] = future
+            fetch = partial(_fetch, label, hint, repo_id, filename, revision, pin.get("sha256"), cache_dir)
+            # In the caller's context, so that a progress display that follows tqdm (Gradio's) still sees it.
+            threading.Thread(target=contextvars.copy_context().run, args=(_settle, future, key, fetch),
+                             name=f"download {filename}", daemon=True).start()
+    try:
+        return future.result(timeout=deadline)
+    except concurrent.futures.TimeoutError:
+        raise ModelUnavailableError(
+            f"{label} could not be downloaded from {repo_id} within {deadline:g} s (the Hub answers too slowly):"
+            f" the download goes on in the background, so try again in a few minutes, or raise"
+            f" {ENV_HUB_DEADLINE}, or {hint}.",
+            public=f"{label} is still being downloaded by this server; try again in a few minutes",
+        ) from None
+
+
+_DOWNLOADS: dict[tuple, concurrent.futures.Future] = {}
+_DOWNLOADS_LOCK = threading.Lock()
+
+
+def _settle(future: concurrent.futures.Future, key: tuple, fetch) -> None:
+    """Run ``fetch`` and hand its path, or its error, to ``future``; the file is then no longer in flight."""
+    try:
+        result = fetch()
+    except BaseException as exc:  # noqa: BLE001 -- handed on to every caller waiting for the future
+        with _DOWNLOADS_LOCK:
+            _DOWNLOADS.pop(key, None)
+        future.set_exception(exc)
+    else:
+        with _DOWNLOADS_LOCK:
+            _DOWNLOADS.pop(key, None)
+        future.set_result(result)
+
+
+def _hub_deadline(size: int | None) -> float:
+    """Seconds a download of a file of ``size`` bytes may take (see HUB_DEADLINE_S)."""
+    text = os.environ.get(ENV_HUB_DEADLINE, "").strip()
+    if text:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not math.isfinite(value) or value <= 0:
+            raise ModelUnavailableError(f"{ENV_HUB_DEADLINE}={text[:20]!r} is not a positive number of seconds.")
+        return value
+    return HUB_DEADLINE_S + (size or 0) / HUB_MIN_RATE
+
+
+def _fetch(label: str, hint: str, repo_id: str, filename: str, revision: str, sha256: str | None, cache_dir) -> Path:
+    """One file into the Hugging Face cache, failing within the Hub timeout when the Hub cannot serve it."""
     timeout = _hub_timeout()
     try:
         # One HEAD without retries first: hf_hub_download retries a failed HEAD for 23 s or more before giving up.

@@ -15,7 +15,7 @@ import pickle
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -29,8 +29,7 @@ from .attention import bound_attention_memory
 from .canonicalizer import Canonicalization, Canonicalizer, image_digest
 from .decoder import DecoderImageState, decode_masks, image_state
 from .models import ModelUnavailableError
-
-MAX_POINTS = 64  # more clicks than anyone makes by hand; bounds the decoder's work per request
+from .prompts import Prompts
 
 
 # ------------------------------------------------------------------------------------------------ SAM loading
@@ -105,7 +104,7 @@ def load_sam(path: str | Path) -> Sam:
         raise ModelUnavailableError(
             f"{Path(path).name} holds Python objects besides tensors, which are never unpickled here: pass a "
             f"segment-anything sam_vit_*.pth state dict with --sam.") from None
-    except (RuntimeError, ValueError, OSError, EOFError, AttributeError, KeyError, TypeError) as error:
+    except Exception as error:  # noqa: BLE001 -- the file is input: whatever it makes fail is the file's fault
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelUnavailableError(
             f"{Path(path).name} is not a usable SAM checkpoint ({first_line[:160]}): pass a segment-anything "
@@ -124,51 +123,7 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-# --------------------------------------------------------------------------------------------- prompts, results
-
-
-@dataclass(frozen=True)
-class Prompts:
-    """SAM prompts in one image's frame: ``points`` ``N x 2`` float (x, y), ``labels`` ``N`` int (1 = foreground,
-    0 = background), ``box`` ``4`` float (x0, y0, x1, y1) or None."""
-
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    box: np.ndarray | None = None
-
-    @classmethod
-    def make(cls, points=(), labels=None, box=None) -> "Prompts":
-        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        labels = np.ones(len(points), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-        return cls(points, labels.reshape(-1), None if box is None else np.asarray(box, dtype=np.float64).reshape(4))
-
-    @property
-    def empty(self) -> bool:
-        return len(self.points) == 0 and self.box is None
-
-    def validate(self, size: tuple[int, int]) -> None:
-        """Raise ``ValueError`` (one sentence) unless every prompt is a finite coordinate inside an image of
-        ``size = (H, W)``, labels are 0/1, there are at most :data:`MAX_POINTS` points and the box has an area."""
-        height, width = size
-        if len(self.points) != len(self.labels):
-            raise ValueError(f"{len(self.points)} points but {len(self.labels)} labels")
-        if len(self.points) > MAX_POINTS:
-            raise ValueError(f"{len(self.points)} points is too many; at most {MAX_POINTS} are accepted")
-        if not set(np.unique(self.labels).tolist()) <= {0, 1}:
-            raise ValueError("point labels must be 1 (foreground) or 0 (background)")
-        coords = [self.points] + ([self.box.reshape(2, 2)] if self.box is not None else [])
-        for xy in coords:
-            if not np.all(np.isfinite(xy)):
-                raise ValueError("prompt coordinates must be finite numbers")
-            if np.any(xy[:, 0] < 0) or np.any(xy[:, 0] > width) or np.any(xy[:, 1] < 0) or np.any(xy[:, 1] > height):
-                raise ValueError(f"a prompt lies outside the {width}x{height} image")
-        if self.box is not None and (self.box[2] <= self.box[0] or self.box[3] <= self.box[1]):
-            raise ValueError("the box must have x0 < x1 and y0 < y1 (a zero-area box selects nothing)")
-
-    def rotated(self, k: int, size: tuple[int, int]) -> "Prompts":
-        """The same prompts in the frame of the image of ``size = (H, W)`` rotated by ``k`` quarter turns."""
-        box = None if self.box is None else geometry.rotate_boxes(self.box, k, size)[0]
-        return replace(self, points=geometry.rotate_points(self.points, k, size), box=box)
+# -------------------------------------------------------------------------------------------------- results
 
 
 @dataclass

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import shutil
 from pathlib import Path
+
+import gradio as gr
+from gradio.utils import get_upload_folder
 
 from canon.canonicalizer import Canonicalizer
 from canon.demo import Models
@@ -26,3 +31,18 @@ def serve(models: Models, **build_options):
         yield url
     finally:
         demo.close()
+
+
+def received(handlers, path: str | Path) -> dict:
+    """The file payload of ``path`` as a visitor's upload reaches ``handlers`` (an ``app.Handlers``): the file copied
+    into Gradio's upload folder, as Gradio's upload route does, and recorded as received by this app."""
+    if handlers.uploads.demo is None:
+        handlers.uploads.bind(gr.Blocks())
+    data = Path(path).read_bytes()
+    folder = Path(get_upload_folder()) / hashlib.sha256(data).hexdigest()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / Path(path).name
+    if not target.exists():
+        shutil.copyfile(path, target)
+    handlers.uploads.demo.upload_file_set.add(str(target))
+    return {"path": str(target), "meta": {"_type": "gradio.FileData"}}

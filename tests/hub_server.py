@@ -47,7 +47,7 @@ import yaml
 from huggingface_hub import close_session
 from huggingface_hub import constants as hf_constants
 
-MODES = ("ok", "error", "corrupt", "hang")
+MODES = ("ok", "error", "corrupt", "hang", "trickle")
 TOKEN = "hf_loopbackStandInWriteToken"  # the one token the stand-in accepts unless told otherwise
 USER = "loopback-user"  # the account that token belongs to
 
@@ -78,7 +78,8 @@ class HubServer:
 
     ``mode`` sets how every later request is answered: ``"ok"``; ``"error"``: HTTP 500; ``"corrupt"``: GET sends
     the right number of bytes, first one flipped, under the good file's headers; ``"hang"``: no answer for
-    ``hang_s`` seconds. ``requests`` lists the ``(method, path)`` of every request received; ``commits`` every
+    ``hang_s`` seconds; ``"trickle"``: a file's GET sends its headers at once, then one byte every ``trickle_s``
+    seconds (a pace that never trips a per-read timeout) until the server stops. ``requests`` lists the ``(method, path)`` of every request received; ``commits`` every
     commit accepted through the API, as dicts ``{"repo_id", "revision", "oid", "parent", "summary",
     "description", "files" (path -> bytes), "deleted" (paths)}``; ``repos`` the repos created through the API
     (repo id -> ``{"private": bool}``). ``tokens`` are the tokens that may write.
@@ -87,6 +88,7 @@ class HubServer:
     def __init__(self) -> None:
         self.mode = "ok"
         self.hang_s = 30.0
+        self.trickle_s = 0.5
         self.requests: list[tuple[str, str]] = []
         self.commits: list[dict] = []
         self.repos: dict[str, dict] = {}
@@ -465,7 +467,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))  # a HEAD announces the length its GET would send
         self.end_headers()
-        if send_body:
+        hub = self.server.hub
+        if send_body and hub.mode == "trickle" and "/resolve/" in self.path:
+            for byte in payload:
+                if hub._stopping.wait(hub.trickle_s):
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+        elif send_body:
             self.wfile.write(payload)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's signature)

@@ -1,7 +1,9 @@
 """Every kind of file a user may upload: decoded to H x W x 3 uint8 RGB, or refused with one sentence."""
 
 import io
+import os
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -10,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from canon.images import MAX_PIXELS, ImageError, load_image
+from canon.images import (MAX_PIXELS, UPLOAD_REFUSAL, ImageError, load_image, load_photo, read_regular_file,
+                          read_upload)
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -116,3 +119,92 @@ def test_fuzz_arbitrary_bytes_decode_or_refuse(data, magic):
         assert str(error) and "\n" not in str(error)
     else:
         assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
+
+
+# ------------------------------------------------------------------------------------- reading files, bounded
+
+
+def test_a_named_pipe_is_refused_at_once_never_waited_on(tmp_path):
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    done = threading.Event()
+    errors = []
+
+    def read():
+        try:
+            read_regular_file(pipe, "pipe.jpg")
+        except ImageError as error:
+            errors.append(str(error))
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert done.wait(10), "reading a named pipe blocked"  # at once in fact; 10 s only bounds a broken build
+    assert errors == ["pipe.jpg is not a regular file"]
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom", "/dev/null"])
+def test_devices_are_refused_without_reading(device):
+    with pytest.raises(ImageError, match="is not a regular file"):
+        load_image(device)
+
+
+def test_a_file_over_the_cap_is_refused_before_reading(tmp_path):
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(2048)  # sparse: nothing to read, only the size counts
+    with pytest.raises(ImageError, match="larger than 0 MB"):
+        read_regular_file(big, "big.png", max_bytes=1024)
+
+
+@pytest.fixture
+def upload_root(tmp_path):
+    """A stand-in for Gradio's upload folder with one received file, and a file outside it."""
+    root = tmp_path / "gradio"
+    (root / "abc").mkdir(parents=True)
+    received = root / "abc" / "cat.png"
+    received.write_bytes(encode(Image.fromarray(gradient()), "PNG"))
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(encode(Image.fromarray(gradient()), "PNG"))
+    return root, received, outside
+
+
+def test_read_upload_returns_the_bytes_of_a_received_file(upload_root):
+    root, received, _ = upload_root
+    assert read_upload(str(received), {str(received)}, root) == received.read_bytes()
+
+
+def test_read_upload_refuses_every_other_path_with_one_sentence(upload_root, tmp_path):
+    root, received, outside = upload_root
+    link = root / "abc" / "link.png"
+    link.symlink_to(outside)
+    linked_folder = root / "linked"
+    linked_folder.symlink_to(tmp_path)
+    pipe = root / "abc" / "pipe.png"
+    os.mkfifo(pipe)
+    hostile = [
+        str(outside),  # a file the server did not receive
+        str(root / "abc" / ".." / ".." / "secret.png"),  # a way out of the folder
+        str(link), str(linked_folder / "secret.png"),  # symbolic links out of it, even when "received"
+        "/etc/passwd", "/dev/zero", str(root), "", "cat.png\0.png", None, 7, ["x"],
+    ]
+    uploads = {str(received), *[p for p in hostile if isinstance(p, str)]}  # as if each had been received
+    uploads -= {str(outside)}
+    for path in hostile:
+        with pytest.raises(ImageError) as info:
+            read_upload(path, uploads, root)
+        assert str(info.value) == UPLOAD_REFUSAL, path
+    with pytest.raises(ImageError, match="not a regular file"):  # a received path that is no file: its own reason
+        read_upload(str(pipe), {str(pipe)}, root)
+
+
+def test_load_photo_shrinks_before_it_becomes_an_array_and_reports_the_upright_size():
+    image = Image.fromarray(np.tile(gradient(), (20, 20, 1)))  # 1280 x 960
+    exif = image.getexif()
+    exif[0x0112] = 6  # the camera was turned: shown rotated by 90 degrees clockwise
+    for fmt in ("PNG", "JPEG"):
+        photo, size = load_photo(encode(image, fmt, exif=exif), max_side=400)
+        assert size == (1280, 960) and photo.shape == (400, 300, 3), fmt
+        assert load_photo(encode(image, fmt), max_side=2000)[1] == (960, 1280)
+    flat = Image.new("RGB", (1000, 500), (10, 200, 30))
+    np.testing.assert_array_equal(load_photo(encode(flat, "PNG"), max_side=100)[0],
+                                  np.asarray(flat.resize((100, 50), Image.Resampling.LANCZOS)))

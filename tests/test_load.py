@@ -21,7 +21,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
-from app_server import serve, standin_models
+from app_server import received, serve, standin_models
 from canon import maskio
 from conftest import REPO
 
@@ -143,7 +143,7 @@ def test_concurrent_sessions_then_sequential_requests(models, tmp_path, capsys):
         assert len(results) == CLICKS_PER_SESSION
         for points, info in [(prompts[-1], results[-1])]:
             assert info["rotation_deg"] == angle
-            _, _, alone = handlers.api_segment({"path": path}, angle, points, "", "standin", True)
+            _, _, alone = handlers.api_segment(received(handlers, path), angle, points, "", "standin", True)
             for branch in ("sam", "canonicalized"):
                 got, _ = maskio.masks_from_coco(info[branch]["masks"])
                 want, _ = maskio.masks_from_coco(alone[branch]["masks"])

@@ -294,6 +294,35 @@ def test_silent_hub_times_out(hub, monkeypatch):
     assert len(hub.requests) == 1
 
 
+def test_a_trickling_hub_is_bounded_in_total_time_and_downloads_once(hub, monkeypatch):
+    """Each byte arrives well within the per-read timeout, so only a deadline on the whole download ends the wait;
+    the download goes on in the background, and a second call waits for it rather than starting another."""
+    spec = stand_in(hub)
+    hub.mode, hub.trickle_s = "trickle", 0.2
+    monkeypatch.setenv(models.ENV_HUB_DEADLINE, "1.5")
+    start = time.perf_counter()
+    message = fails(resolve_sam_checkpoint, spec)
+    assert 1.5 <= time.perf_counter() - start < 30  # the whole trickle would take 800 s
+    assert "could not be downloaded from ybelkada/segment-anything within 1.5 s" in message
+    assert f"raise {models.ENV_HUB_DEADLINE}" in message
+    with pytest.raises(ModelUnavailableError) as info:
+        resolve_sam_checkpoint(spec)
+    assert "still being downloaded" in info.value.public and "/" not in info.value.public
+    assert sum(method == "GET" for method, _ in hub.requests) == 1  # one download for both calls
+    hub.stop()  # ends the trickle; the background download fails and leaves nothing behind in flight
+    deadline = time.monotonic() + 10
+    while models._DOWNLOADS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not models._DOWNLOADS
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon", "nan"])
+def test_a_bad_download_deadline_is_one_sentence(hub, monkeypatch, value):
+    spec = stand_in(hub)
+    monkeypatch.setenv(models.ENV_HUB_DEADLINE, value)
+    assert "is not a positive number of seconds" in fails(resolve_sam_checkpoint, spec)
+
+
 def test_unwritable_cache_message(hub, tmp_path):
     spec = stand_in(hub)
     blocker = tmp_path / "a-file"

@@ -8,7 +8,8 @@ from canon import geometry
 from canon.images import load_image
 from canon.models import ModelUnavailableError
 from canon.render import mask_iou
-from canon.segmenter import (SAM_ARCHITECTURES, EquivariantSegmenter, Prompts, SamBackend, build_sam,
+from canon.prompts import Prompts
+from canon.segmenter import (SAM_ARCHITECTURES, EquivariantSegmenter, SamBackend, build_sam,
                              infer_architecture, load_sam)
 
 
