@@ -1,4 +1,5 @@
-# `make run`: set up .venv, then start the app. `make test`: set up, then run the whole suite.
+# `make run`: set up .venv, then start the app. `make test`: set up, then run the whole suite; `make test-fast`:
+# the suite without the tests marked slow, for every change.
 # Nothing needs installing by hand: Python packages come from PyPI, Chromium (browser tests) from Debian.
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ EQUIADAPT_WHEEL := .cache/equiadapt-0.1.2-py3-none-any.whl
 EQUIADAPT_SHA256 := bd0fae2d8e755721995bc89cf7cbec72a4f20f981c45ddcb1137dc6a61a56d12
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup run test paper-weights clean
+.PHONY: setup run test test-fast paper-weights clean
 
 setup: $(INSTALLED) $(EQUIADAPT_WHEEL) $(CHROMIUM)
 
@@ -40,6 +41,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) .cache

@@ -323,6 +323,7 @@ def test_gradio_client_segment_and_canonicalize(models):
 # -------------------------------------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_help_documents_the_options_and_their_variables():
     out = subprocess.run([sys.executable, "app.py", "--help"], cwd=REPO, capture_output=True, text=True,
                          timeout=120).stdout
@@ -331,6 +332,7 @@ def test_help_documents_the_options_and_their_variables():
         assert option in out
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_app_starts_offline_without_sam(tmp_path):
     """`python app.py` on a machine without the Hub: the canonicalizer answers, SAM says how to get it."""
     if (REPO / "weights" / "sam_vit_b_01ec64.pth").exists():

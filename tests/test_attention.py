@@ -68,6 +68,7 @@ print(peak_mb() - before)
 """
 
 
+@pytest.mark.slow  # the memory test: two processes, 2.4 GB
 def test_peak_memory_of_a_vit_b_global_block():
     def peak_mb(kind: str) -> float:
         done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, kind], capture_output=True, text=True, check=True,

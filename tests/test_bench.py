@@ -1,6 +1,10 @@
 import json
 
+import pytest
+
 from canon.__main__ import main
+
+pytestmark = pytest.mark.slow  # benchmarks: child processes, ViT-B with random weights
 
 
 def test_bench_writes_the_figures_and_the_plot(tmp_path, capsys):

@@ -17,6 +17,8 @@ from playwright.sync_api import expect, sync_playwright
 from app_server import serve, standin_models
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # Chromium driven through Playwright
+
 CHROMIUM = "/usr/bin/chromium"  # Debian's package, installed by `make setup`; never a downloaded browser
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

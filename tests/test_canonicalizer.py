@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 from canon import geometry
 from canon.canonicalizer import Canonicalizer, orbit_representative, paper_preprocess, prior_loss, trunk_arithmetic
 from canon.images import load_image
-from conftest import float32_logits
+from conftest import REPO, float32_logits
 
 
 @st.composite
@@ -188,3 +191,17 @@ def test_near_ties_are_decided_with_the_mirror(paper_canonicalizer, photo):
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision takes one of float32, bfloat16, int8; got 'float16'"):
         Canonicalizer(precision="float16")
+
+
+def test_the_demos_library_canonicalizes_without_gradio_or_escnn():
+    """The boundary the README promises: the library never imports gradio, and serving needs no escnn."""
+    script = (
+        "import sys; import canon.demo; from canon.canonicalizer import Canonicalizer; "
+        "from canon.images import load_image; "
+        f"decision = Canonicalizer.load({str(REPO / 'weights' / 'wrn-c4-paper')!r}).canonicalize("
+        f"load_image({str(REPO / 'examples' / 'animals_cat.jpg')!r})); "
+        "print(decision.k, sorted(m for m in ('gradio', 'escnn') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["0", "[]"], result.stdout

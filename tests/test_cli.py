@@ -43,6 +43,7 @@ def test_segment_writes_both_results(standin_sam_path, tmp_path, capsys):
     (["segment", "IMAGE", "--point", "1,1"], "--out"),
     (["evaluate", "orientation", "--images", "NOWHERE", "--json", "x.json"], "NOWHERE"),
 ])
+@pytest.mark.slow  # python -m canon as a process of its own
 def test_bad_arguments_exit_2_with_one_line_before_loading_models(args, message, tmp_path):
     args = [str(UPRIGHT / "animals_cat.jpg") if a == "IMAGE" else str(tmp_path / "out") if a == "OUT" else a
             for a in args]
@@ -54,6 +55,7 @@ def test_bad_arguments_exit_2_with_one_line_before_loading_models(args, message,
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # python -m canon as a process of its own
 def test_unreadable_image_is_refused(tmp_path):
     fake = tmp_path / "photo.jpg"
     fake.write_text("this is text, not a JPEG")
@@ -109,6 +111,7 @@ def test_evaluate_orientation_on_one_side_of_the_split_at_another_input_size(tmp
     assert "--input-size takes" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # python -m canon as a process of its own
 def test_a_sam_that_is_not_a_checkpoint_is_one_error_line(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a checkpoint\n")

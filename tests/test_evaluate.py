@@ -1,4 +1,8 @@
+import pytest
+
 from canon.evaluate import orientation_accuracy
+
+pytestmark = pytest.mark.slow  # the 215 shared photos through the paper network, and masks over many
 
 
 def test_paper_canonicalizer_recovers_the_rotation_of_most_shared_photos(paper_canonicalizer, upright_files, capsys):

@@ -25,6 +25,8 @@ from app_server import received, serve, standin_models
 from canon import maskio
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # a load test: 20 sessions, then 100 sequential requests, memory watched
+
 SESSIONS = 20
 CLICKS_PER_SESSION = 3  # plus one /canonicalize: 4 requests per session
 SEQUENTIAL = 200

@@ -162,6 +162,7 @@ def test_the_example_photos_are_served(url):
 # ---------------------------------------------------------------------------------------------------- secrets
 
 
+@pytest.mark.slow  # the app started as a process of its own
 def test_no_secret_is_logged(tmp_path):
     token, password = "hf_secret_test_value", "secretpass"
     port = free_port()

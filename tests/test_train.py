@@ -117,6 +117,7 @@ def test_distillation_loss_is_the_tempered_kl_divergence():
     assert distillation_loss(teacher, teacher, 2.0).abs() < 1e-6
 
 
+@pytest.mark.slow  # a distillation run
 def test_frozen_batch_norm_keeps_its_statistics_in_bfloat16_distillation(tmp_path):
     photos = copied_photos(tmp_path, ["animals_cat.jpg", "animals_dog.jpg", "animals_cow.jpg", "fishes_fish1.jpg"])
     out = tmp_path / "run"
