@@ -73,12 +73,28 @@ class Blocks(gr.Blocks):
     those it recognises as its own before any handler runs) and a payload that fails a component's data model."""
 
     async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        if _names_a_url(inputs):  # Gradio would download it, unbounded, before any check of the app's
+            raise _refusal(block_fn.name, UPLOAD_REFUSAL)
         try:
             return await super().preprocess_data(block_fn, inputs, state, explicit_call)
         except InvalidPathError:
             raise _refusal(block_fn.name, UPLOAD_REFUSAL) from None
         except (pydantic.ValidationError, ComponentProcessingError):
             raise _refusal(block_fn.name, "the request does not have the form this app accepts") from None
+
+
+def _names_a_url(value, depth: int = 0) -> bool:
+    """Whether a request's inputs hold a file payload whose path is a web address (its url is only a link)."""
+    if depth > 8:
+        return True  # no input of this app nests this deep
+    if isinstance(value, dict):
+        if any(isinstance(value.get(key), str) and value[key].strip().lower().startswith(("http:", "https:", "//"))
+               for key in ("path",)):
+            return True
+        return any(_names_a_url(item, depth + 1) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_names_a_url(item, depth + 1) for item in value)
+    return False
 
 
 class Page(NamedTuple):
@@ -158,6 +174,8 @@ class Handlers:
             return self._unchanged(session, "⚠ Upload a photo first.")
         try:
             x, y = _pixel(evt.index)  # the integer pixel (column, row) of the displayed image; centre at + 0.5
+            if not isinstance(mode, str) or mode not in CLICK_MODES:
+                raise ValueError("choose what a click adds")
             session = session.clicked(x + 0.5, y + 0.5, CLICK_MODES[mode])
         except ValueError as error:
             return self._unchanged(session, _warning(error))

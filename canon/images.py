@@ -67,7 +67,7 @@ def load_photo(source: str | Path | bytes | Image.Image, max_side: int | None = 
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image format this app can read (use JPEG, PNG, WebP, GIF, BMP or TIFF)") \
             from None
-    except (OSError, ValueError, SyntaxError) as error:
+    except Exception as error:  # noqa: BLE001 -- a crafted file can make a decoder raise anything: it is the file's fault
         raise ImageError(f"{name} could not be decoded ({str(error)[:120] or type(error).__name__}); "
                          f"the file may be truncated or corrupt") from None
 
@@ -127,11 +127,12 @@ def to_rgb_array(image: Image.Image, max_pixels: int = MAX_PIXELS,
                          f"side and sides within {MAX_ASPECT}:1 of each other")
     image.seek(0)
     scale = 1.0 if max_side is None else min(1.0, max_side / max(width, height))
+    # Read before draft(), which changes image.size: EXIF orientations 5 to 8 swap the sides.
+    upright = (width, height) if image.getexif().get(0x0112) in (5, 6, 7, 8) else (height, width)
     if scale < 1 and image.format == "JPEG":
         image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))  # decodes at 1/2, 1/4 or 1/8
     image.load()
     ImageOps.exif_transpose(image, in_place=True)  # in place: a 40-megapixel photo is not copied for nothing
-    upright = (height, width) if image.size == (width, height) else (width, height)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grayscale: scale the full range to 8 bits rather than clipping.
         values = np.asarray(image, dtype=np.float64)
