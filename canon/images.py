@@ -82,18 +82,19 @@ def read_regular_file(path: str | os.PathLike, name: str, max_bytes: int = MAX_F
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as error:
         raise ImageError(f"cannot read {name}: {error.strerror or error}") from None
+    too_large = ImageError(f"{name} is larger than {max_bytes // 2**20} MB; use a smaller photo")
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ImageError(f"{name} is not a regular file")
         if info.st_size > max_bytes:
-            raise ImageError(f"{name} is larger than {max_bytes // 2**20} MB; use a smaller photo")
+            raise too_large
         with os.fdopen(os.dup(fd), "rb") as file:
             data = file.read(max_bytes + 1)  # + 1: a file that grew since fstat is caught, not read on
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise ImageError(f"{name} is larger than {max_bytes // 2**20} MB; use a smaller photo")
+        raise too_large
     return data
 
 
