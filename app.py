@@ -24,13 +24,15 @@ import pydantic
 from gradio.exceptions import ComponentProcessingError, InvalidPathError
 from gradio.utils import get_upload_folder
 
-from canon import geometry, maskio
-from canon.demo import (ExportFolder, Models, Outcome, Session, draw_prompts, is_unsure, prepare_photo, run,
+from canon import geometry, schema
+from canon.cli import whole_number
+from canon.demo import (ExportFolder, Models, Outcome, Session, draw_prompts, prepare_photo, run, sam_sources,
                         sweep)
 from canon.images import MAX_FILE_BYTES, UPLOAD_REFUSAL, ImageError, read_upload
-from canon.models import ModelUnavailableError
-from canon.render import overlay
 from canon.prompts import parse_prompts
+from canon.registry import ModelUnavailableError
+from canon.render import PALETTE_NAMES, overlay
+from canon.schema import is_unsure
 from canon.segmenter import PathResult
 
 try:  # Hugging Face ZeroGPU attaches a GPU only while a function wrapped in spaces.GPU runs
@@ -46,7 +48,6 @@ EXAMPLES = [("animals_cat.jpg", "cat"), ("animals_horse.jpg", "horses"), ("franc
             ("animals_owl.jpg", "owl (the paper's canonicalizer gets it wrong)")]
 # The click-mode radio's labels -> the kinds of click of canon.demo.Session.
 CLICK_MODES = {"object point (green)": "object", "background point (red)": "background", "box: two corners": "corner"}
-COLOUR_NAMES = ("blue", "orange", "green", "pink", "sky blue", "vermilion", "yellow", "black")  # render.PALETTE
 HEAVY = "models"  # the concurrency group of every event that runs a network
 GPU_SECONDS = 120  # ZeroGPU time asked for per call: enough for a first ViT-H embedding, or a sweep's five
 
@@ -57,6 +58,7 @@ rotation-equivariant network, guesses how far the photo is turned and hands SAM 
 the way it was trained. Method: Mondal et al., *Equivariant Adaptation of Large Pretrained Models*, NeurIPS 2023
 ([paper](https://openreview.net/forum?id=m6dRQJw280)).
 """
+NO_PHOTO = "⚠ Upload a photo first."  # what every event that needs a photo says without one
 HOW_TO = "Upload or paste a photo, or pick an example; turn it; then click on it."
 NO_RESULTS = "SAM's masks appear here once you click on the photo (or press *Segment everything*)."
 LEGEND = ("Same colour = same mask in the ranking of both panels (blue: SAM's best). Dots: green = object, "
@@ -158,12 +160,12 @@ class Handlers:
                progress=gr.Progress(track_tqdm=True)) -> Page:
         """The photo turned to ``angle`` degrees counter-clockwise; the prompts turn with it."""
         session = session or Session()
+        if session.photo is None:
+            return self._unchanged(session, NO_PHOTO)
         try:
             session = session.rotated_to(_degrees(angle))
         except ValueError as error:
             return self._unchanged(session, _warning(error))
-        if session.photo is None:
-            return self._unchanged(session, "⚠ Upload a photo first.")
         return self._refresh(session, "", sam, multimask)
 
     def click(self, session: Session | None, mode: str, sam: str, multimask: bool, evt: gr.SelectData,
@@ -171,7 +173,7 @@ class Handlers:
         """A click on the turned photo: a point or a box corner, as ``mode`` (a key of CLICK_MODES) says."""
         session = session or Session()
         if session.photo is None:
-            return self._unchanged(session, "⚠ Upload a photo first.")
+            return self._unchanged(session, NO_PHOTO)
         try:
             x, y = _pixel(evt.index)  # the integer pixel (column, row) of the displayed image; centre at + 0.5
             if not isinstance(mode, str) or mode not in CLICK_MODES:
@@ -204,7 +206,7 @@ class Handlers:
         gallery (SAM alone on the first row, SAM + canonicalizer on the second) and a summary."""
         session = session or Session()
         if session.photo is None:
-            return gr.Gallery(visible=False), "⚠ Upload a photo first."
+            return gr.Gallery(visible=False), NO_PHOTO
         self._preload(sam)
         try:
             entries = self._sweep(self.models, session, sam, multimask)
@@ -246,8 +248,8 @@ class Handlers:
         if outcome.sam_error:
             raise _refusal("segment", outcome.sam_error)
         result = outcome.result
-        info = _decision_info(outcome, session.angle) | _size_info(size, photo) | {
-            "iou": outcome.agreement, "sam": _path_info(result.sam), "canonicalized": _path_info(result.canonicalized)}
+        info = schema.segment_record(result, session.angle, outcome.agreement, outcome.residual_deg) | \
+            schema.size_record(size, photo.shape)
         return overlay(outcome.view, result.sam.masks), overlay(outcome.view, result.canonicalized.masks), info
 
     def api_canonicalize(self, image, angle):
@@ -259,8 +261,9 @@ class Handlers:
         except ValueError as error:
             raise _refusal("canonicalize", error) from None
         outcome = self._run(self.models, session, self.models.default_sam)
-        return outcome.canonicalization.canonical_image, _decision_info(outcome, session.angle) | _size_info(
-            size, photo)
+        decision = outcome.canonicalization
+        return decision.canonical_image, schema.decision_record(decision, session.angle, outcome.residual_deg) | \
+            schema.size_record(size, photo.shape)
 
     def _choice(self, sam) -> str:
         """The SAM an API call names (a text from the choices; empty for the default)."""
@@ -274,7 +277,7 @@ class Handlers:
 
     def _again(self, session: Session, sam: str, multimask: bool) -> Page:
         if session.photo is None:
-            return self._unchanged(session, "⚠ Upload a photo first.")
+            return self._unchanged(session, NO_PHOTO)
         return self._refresh(session, "", sam, multimask)
 
     def _preload(self, sam: str) -> None:
@@ -306,7 +309,7 @@ class Handlers:
         downloads = None
         if result is not None:
             downloads = [str(path) for path in self.exports.save(
-                {"sam_alone": result.sam, "sam_canonicalized": result.canonicalized},
+                {schema.MASK_FILE_STEMS[path]: getattr(result, path) for path in schema.MASK_FILE_STEMS},
                 rotation_deg=session.angle, sam=sam)]
         decision = outcome.canonicalization
         return Page(
@@ -406,13 +409,6 @@ def _shrink_note(size: tuple[int, int], photo) -> str:
     return f"shrunk from {width}x{height} to {photo.shape[1]}x{photo.shape[0]} pixels for the page"
 
 
-def _size_info(size: tuple[int, int], photo) -> dict:
-    """How the photo a client sent relates to the one the masks are in."""
-    height, width = size
-    return {"photo_size": [width, height], "processed_size": [photo.shape[1], photo.shape[0]],
-            "scale": [photo.shape[1] / width, photo.shape[0] / height]}
-
-
 def _probabilities(decision) -> dict[str, float]:
     return {f"turned {angle}°": float(p) for angle, p in zip(geometry.ANGLES_DEG, decision.probabilities)}
 
@@ -452,10 +448,10 @@ def _details(outcome: Outcome, everything: bool) -> str:
 
 
 def _mask_list(result: PathResult, everything: bool) -> str:
-    if everything or len(result.masks) > len(COLOUR_NAMES):
+    if everything or len(result.masks) > len(PALETTE_NAMES):
         return f"{len(result.masks)} masks"
     areas = result.masks.reshape(len(result.masks), -1).mean(axis=1)
-    return "<br>".join(f"{COLOUR_NAMES[i]}: score {score:.2f}, {area:.0%} of the image"
+    return "<br>".join(f"{PALETTE_NAMES[i]}: score {score:.2f}, {area:.0%} of the image"
                        for i, (score, area) in enumerate(zip(result.scores, areas)))
 
 
@@ -474,20 +470,6 @@ def _sweep_summary(entries, residual_deg: float) -> str:
     if unsure:
         text += f"\n\n⚠ The canonicalizer is unsure at {', '.join(unsure)}: its guess may be wrong there."
     return text
-
-
-def _decision_info(outcome: Outcome, angle: float) -> dict:
-    decision = outcome.canonicalization
-    probabilities = {str(a): float(p) for a, p in zip(geometry.ANGLES_DEG, decision.probabilities)}
-    return {"rotation_deg": angle, "residual_tilt_deg": outcome.residual_deg,
-            "canonicalizer": {"k": decision.k, "angle_deg": decision.angle_deg, "confidence": decision.confidence,
-                              "unsure": outcome.unsure, "probabilities": probabilities, "ms": decision.elapsed_ms,
-                              "cached": decision.cached}}
-
-
-def _path_info(result: PathResult) -> dict:
-    return {"scores": result.scores.tolist(), "encoder_ms": result.encoder_ms, "decoder_ms": result.decoder_ms,
-            "cached": result.cached, "masks": maskio.to_coco(result.masks, result.scores)}
 
 
 # -------------------------------------------------------------------------------------------------------- layout
@@ -625,48 +607,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the SAM offered first: vit_b, vit_l or vit_h (from the Hugging Face Hub on first use), "
                              "or a local segment-anything sam_vit_*.pth (env CANON_SAM; default vit_b)")
     parser.add_argument("--canonicalizer", default=env("CANON_CANONICALIZER"), metavar="NAME_OR_DIR",
-                        help="a canonicalizer name from weights/models.json, or a folder with config.json and "
+                        help="a canonicalizer name from canon/weights/models.json, or a folder with config.json and "
                              "model.safetensors (env CANON_CANONICALIZER; default: the paper's, shipped here)")
     parser.add_argument("--device", default=env("CANON_DEVICE", "auto"), choices=("auto", "cpu", "cuda"),
                         help="where the networks run (env CANON_DEVICE; default auto: CUDA when there is a GPU)")
     parser.add_argument("--server-name", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="the address to listen on, 0.0.0.0 for every interface (env GRADIO_SERVER_NAME; "
                              "default 127.0.0.1)")
-    parser.add_argument("--port", type=_int_in(1, 65535), default=env("GRADIO_SERVER_PORT", "7860"),
+    parser.add_argument("--port", type=whole_number(1, 65535), default=env("GRADIO_SERVER_PORT", "7860"),
                         help="the port (env GRADIO_SERVER_PORT; default 7860)")
     parser.add_argument("--share", action="store_true", default=env("GRADIO_SHARE", "").lower() in ("1", "true"),
                         help="also serve through a temporary public gradio.live link (env GRADIO_SHARE=1)")
     parser.add_argument("--auth", default=env("CANON_AUTH"), metavar="USER:PASS",
                         help="ask visitors for this user name and password (env CANON_AUTH)")
-    parser.add_argument("--concurrency", type=_int_in(1, 64), default=env("CANON_CONCURRENCY", "1"),
+    parser.add_argument("--concurrency", type=whole_number(1, 64), default=env("CANON_CONCURRENCY", "1"),
                         help="model runs at once, all visitors together (env CANON_CONCURRENCY; default 1)")
     return parser
-
-
-def _int_in(low: int, high: int):
-    """An argparse type: a whole number from ``low`` to ``high`` (argparse applies it to string defaults too, so a
-    bad environment variable is refused like a bad option)."""
-    def whole_number(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not from {low} to {high}")
-        return value
-
-    return whole_number
-
-
-def sam_sources(sam: str | None) -> tuple[dict[str, str], str]:
-    """The SAM choices to offer (name -> registry name or local path) and the first one, for ``--sam``."""
-    from canon.models import default_sam, sam_names
-
-    sources = {name: name for name in sam_names()}
-    if sam is None or sam in sources:
-        return sources, sam or default_sam()
-    label = f"{Path(sam).name} (local)"
-    return {label: sam, **sources}, label
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -677,7 +633,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--auth takes USER:PASS")
     _log_to_stderr()
     from canon.canonicalizer import Canonicalizer
-    from canon.segmenter import pick_device
+    from canon.runtime import pick_device
 
     try:
         device = pick_device(args.device)

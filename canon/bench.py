@@ -10,28 +10,25 @@ from __future__ import annotations
 import os
 import platform
 import resource
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import geometry
-from .canonicalizer import PRECISIONS, Canonicalizer, bfloat16_is_native, trunk_arithmetic
+from .canonicalizer import PRECISIONS, Canonicalizer
 from .images import load_image
-from .networks import EscnnWRN, int8_is_native
+from .networks import Arithmetic, EscnnWRN
 from .prompts import Prompts
 from .render import overlay
-from .segmenter import SAM_ARCHITECTURES, EquivariantSegmenter, SamBackend, build_sam, pick_device
+from .runtime import bfloat16_is_native, int8_is_native, pick_device
+from .segmenter import SAM_ARCHITECTURES, EquivariantSegmenter, SamBackend, build_sam
 
 BENCH_IMAGE_SIZE = (768, 1024)  # a 4:3 landscape photo at SAM's working resolution
-REPO = Path(__file__).resolve().parents[1]
-APP_PHOTO = REPO / "examples" / "animals_horse.jpg"
+PHOTO = Path(__file__).resolve().parents[1] / "examples" / "animals_horse.jpg"  # in a checkout
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -48,10 +45,10 @@ def median_ms(fn, repeats: int) -> float:
 def _network_ms(canonicalizer: Canonicalizer, x: torch.Tensor, precision: str, repeats: int) -> float | None:
     """The network alone on the preprocessed ``x`` in ``precision``; None where the device does not have it
     natively (the canonicalizer would compute in the next precision down)."""
-    dtype, int8 = trunk_arithmetic(precision, canonicalizer.device)
-    if not (int8 if precision == "int8" else dtype == getattr(torch, precision)):
+    arithmetic = Arithmetic.served(precision, canonicalizer.device)
+    if arithmetic.name != precision:
         return None
-    return median_ms(lambda: canonicalizer.network(x, dtype, int8), repeats)
+    return median_ms(lambda: canonicalizer.network(x, arithmetic), repeats)
 
 
 def _free_parameters(canonicalizer: Canonicalizer) -> int:
@@ -81,15 +78,15 @@ def benchmark(sam_model: str = "vit_b", canonicalizers: tuple[str, ...] = ("wrn-
     loaded = {}
     # A real photo for the canonicalizer: in bfloat16 its time depends on whether the photo is a near-tie (noise
     # always is, and is rechecked in float32); this one is not, and network_float32_ms is the cost of a recheck.
-    photo = load_image(APP_PHOTO)
+    photo = load_image(PHOTO)
     for name in canonicalizers:
         model = loaded[name] = Canonicalizer.load(name, device=device)
-        escnn_model = EscnnWRN(**model.network.config, initialize=False).to(device).eval()
+        escnn_model = EscnnWRN(**asdict(model.network_spec), initialize=False).to(device).eval()
         x = model.preprocess(photo)
         with torch.inference_mode():
             per_model[name] = {
-                "input_size": model.preprocess_config["input_size"],
-                "precision": model.served_precision,
+                "input_size": model.preprocessing.input_size,
+                "precision": model.arithmetic.name,
                 "serving_ms": median_ms(lambda: model.logits(photo), repeats),
                 **{f"network_{precision}_ms": _network_ms(model, x, precision, repeats) for precision in PRECISIONS},
                 "escnn_ms": median_ms(lambda: escnn_model(x), repeats),
@@ -141,68 +138,6 @@ def benchmark(sam_model: str = "vit_b", canonicalizers: tuple[str, ...] = ("wrn-
     }
 
 
-def app_peak_memory(sam_model: str = "vit_b", photo: Path = APP_PHOTO, angle: float = 90.0,
-                    timeout_s: float = 600.0) -> dict:
-    """Peak memory of the real app serving one request with ``sam_model``: ``app.py`` runs in a child process with
-    a random-weight checkpoint of that architecture (memory does not depend on weight values), and ``photo`` turned
-    by ``angle`` is segmented through its ``/segment`` API with one click at the photo's centre (both SAM paths,
-    two image embeddings, the canonicalizer, the overlays). Returns ``{"app_peak_rss_mb", "app_request_ms"}``,
-    the peak read from the child's ``VmHWM`` (Linux)."""
-    from gradio_client import handle_file
-
-    app = REPO / "app.py"
-    if not app.is_file():
-        raise FileNotFoundError(f"{app} is missing: the app benchmark runs from a checkout of the repository")
-    height, width = load_image(photo).shape[:2]
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = Path(folder) / f"sam_{sam_model}_random.pth"
-        torch.manual_seed(0)
-        torch.save(build_sam(SAM_ARCHITECTURES[sam_model]).state_dict(), checkpoint)
-        port = free_port()
-        server = subprocess.Popen([sys.executable, str(app), "--sam", str(checkpoint), "--port", str(port)],
-                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  env=dict(os.environ, HF_HUB_OFFLINE="1"))
-        try:
-            client = _connect(f"http://127.0.0.1:{port}/", server, time.monotonic() + timeout_s)
-            start = time.perf_counter()
-            client.predict(handle_file(str(photo)), angle, f"[[{width / 2}, {height / 2}, 1]]", "", "", True,
-                           api_name="/segment")
-            request_ms = (time.perf_counter() - start) * 1000.0
-            return {"app_peak_rss_mb": _peak_rss_of(server.pid), "app_request_ms": request_ms}
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on at the moment of the call."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _connect(url: str, server: subprocess.Popen, deadline: float):
-    from gradio_client import Client
-
-    while True:
-        if server.poll() is not None:
-            raise RuntimeError(f"app.py exited with status {server.returncode}: {server.stderr.read()[-2000:]}")
-        try:
-            return Client(url, verbose=False)
-        except Exception:  # not listening yet
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"app.py did not answer on {url} in time") from None
-            time.sleep(1.0)
-
-
-def _peak_rss_of(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024.0  # kB
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
@@ -250,7 +185,4 @@ def bench_table(summary: dict) -> str:
              f"| parameters ({summary['canonicalizer']} / SAM) | {100 * summary['params_ratio']:.2f} % |",
              f"| peak memory (RSS): SAM encoder, then everything above | {summary['sam_peak_rss_mb']:.0f} MB, "
              f"{summary['peak_rss_mb']:.0f} MB |"]
-    if "app_peak_rss_mb" in summary:
-        rows += [f"| app.py serving one click on a turned photo: peak memory (RSS), request time | "
-                 f"{summary['app_peak_rss_mb']:.0f} MB, {summary['app_request_ms']:.0f} ms |"]
     return "\n".join(rows) + f"\n\n{summary['machine']}; medians of {summary['repeats']} runs"

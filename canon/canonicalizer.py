@@ -11,20 +11,23 @@ equivariant to the bit, the network is evaluated on one deterministic member of 
 rotation of a photo therefore gets the identical canonical image, and the activations for ``rot90(x, j)`` are exactly
 ``roll(act(x), j)``. It also means the four rotations of a photo cost one network pass between them (cached).
 
-Preprocessing (the paper's SAM recipe, equiadapt 0.1.2): resize so the longest side is 1024, zero-pad symmetrically
-to 1024 x 1024, centre crop 0.9 (922 px), resize to 128 x 128, floats in [0, 1], no normalisation. The short side is
-rounded to the parity of 1024 so the padding splits evenly and the preprocessing commutes with ``rot90``.
+A canonicalizer is three immutable settings, each a frozen dataclass whose defaults are the paper's: the network
+(:class:`NetworkSpec`), the preprocessing (:class:`Preprocessing`) and the decision policy (:class:`DecisionPolicy`:
+the first pass's precision and when to trust it, the mirror at near-ties). :meth:`Canonicalizer.with_policy` and
+:meth:`Canonicalizer.with_preprocessing` give a new canonicalizer (same weights, an empty cache) instead of settings
+changed in place, so a cached decision is always one its own settings made.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import io
 import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +37,95 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from . import geometry
-from .networks import ServingWRN, int8_is_native
+from .networks import Arithmetic, ServingWRN
+from .registry import default_canonicalizer, resolve_canonicalizer_dir
+from .runtime import image_digest
+
+PRECISIONS = ("float32", "bfloat16", "int8")
+INPUT_SIZES = (32, 512)  # the network trims 24 pixels from each side's length; above 512 nothing is gained
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The C4 wide-ResNet's shape (:func:`canon.networks.layer_plan`); the defaults are the paper's network for SAM
+    (equiadapt 0.1.2's ``ESCNNWRNEquivariantNetwork``: kernel 5, 64 output channels, 12 layers)."""
+
+    kernel_size: int = 5
+    out_channels: int = 64
+    num_layers: int = 12
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Image -> network input, the paper's SAM recipe (equiadapt 0.1.2): resize so the longest side is
+    ``canvas_size``, zero-pad symmetrically to a square, centre crop ``crop_ratio`` of it, resize to ``input_size``,
+    floats in [0, 1], no normalisation."""
+
+    canvas_size: int = 1024
+    crop_ratio: float = 0.9
+    input_size: int = 128
+
+    def __post_init__(self):
+        low, high = INPUT_SIZES
+        if not low <= self.input_size <= high:
+            raise ValueError(f"the input size takes {low} to {high} pixels (the network trims 24 from each side's "
+                             f"length), not {self.input_size}")
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """``H x W x 3`` uint8 RGB image -> ``1 x 3 x input_size x input_size`` float32 tensor in [0, 1].
+
+        Longest side resized to ``canvas_size`` (bilinear, antialiased), the short side rounded to the parity of
+        ``canvas_size`` so that the padding splits evenly; centred zero padding to a square canvas; centre crop of
+        ``ceil(canvas_size * crop_ratio)``; resize to ``input_size``. Every step is symmetric under ``rot90``.
+        """
+        canvas_size = self.canvas_size
+        height, width = image.shape[:2]
+        scale = canvas_size / max(height, width)
+        new_h, new_w = (_same_parity(round(s * scale), canvas_size) for s in (height, width))
+        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None] / 255.0
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+        pad_h, pad_w = (canvas_size - new_h) // 2, (canvas_size - new_w) // 2
+        x = F.pad(x, (pad_w, pad_w, pad_h, pad_h))
+        crop = math.ceil(canvas_size * self.crop_ratio)
+        start = (canvas_size - crop) // 2
+        x = x[:, :, start:start + crop, start:start + crop]
+        return F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    """How activations become a decision (see :meth:`Canonicalizer.logits`).
+
+    ``precision``: the first pass's arithmetic, ``float32``, ``bfloat16`` or ``int8`` (each where the device has it
+    natively, else the next one down: :meth:`canon.networks.Arithmetic.served`). With a reduced precision, a first
+    pass whose best two activations are within ``recheck_margin`` is not trusted and float32 decides. With
+    ``mirror_average``, float32 near-ties (best two within ``mirror_margin``) are decided by the photo and its mirror
+    together. The defaults are the plain float32 decision.
+    """
+
+    precision: str = "float32"
+    recheck_margin: float = 1.0
+    mirror_average: bool = False
+    mirror_margin: float = 1.0
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision takes one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        for name in ("recheck_margin", "mirror_margin"):
+            if not getattr(self, name) >= 0:  # also refuses nan
+                raise ValueError(f"{name} takes a number from 0 to inf, not {getattr(self, name)}")
+
+
+def _spec(kind: type, value) -> object:
+    """A spec from a spec or from its fields (a ``config.json`` section); an unknown field is a clear error."""
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{kind.__name__} takes a mapping of its fields, not {type(value).__name__}")
+    unknown = set(value) - {f.name for f in dataclasses.fields(kind)}
+    if unknown:
+        raise ValueError(f"{kind.__name__} has no setting {', '.join(sorted(unknown))}")
+    return kind(**value)
 
 
 @dataclass(frozen=True)
@@ -90,38 +181,9 @@ def _lexicographic_less(a: np.ndarray, b: np.ndarray) -> bool:
     return False
 
 
-def image_digest(image: np.ndarray) -> str:
-    """Content key of an ``H x W x C`` array (shape, dtype and bytes)."""
-    h = hashlib.sha256()  # 1.7 ms for a 1024 x 768 photo on a 2-core EPYC (blake2b: 3.4 ms)
-    h.update(f"{image.shape}{image.dtype}".encode())
-    h.update(np.ascontiguousarray(image).data)
-    return h.hexdigest()
-
-
 def prior_loss(logits: torch.Tensor) -> torch.Tensor:
     """Canonicalization prior: ``CrossEntropy(logits, identity)`` for upright training images (``B x n`` logits)."""
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
-
-
-def paper_preprocess(image: np.ndarray, canvas_size: int = 1024, crop_ratio: float = 0.9,
-                     input_size: int = 128) -> torch.Tensor:
-    """``H x W x 3`` uint8 RGB image -> ``1 x 3 x input_size x input_size`` float32 tensor in [0, 1].
-
-    Longest side resized to ``canvas_size`` (bilinear, antialiased), the short side rounded to the parity of
-    ``canvas_size``; centred zero padding to a square canvas; centre crop of ``ceil(canvas_size * crop_ratio)``;
-    resize to ``input_size``. Every step is symmetric under ``rot90``.
-    """
-    height, width = image.shape[:2]
-    scale = canvas_size / max(height, width)
-    new_h, new_w = (_same_parity(round(s * scale), canvas_size) for s in (height, width))
-    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None] / 255.0
-    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
-    pad_h, pad_w = (canvas_size - new_h) // 2, (canvas_size - new_w) // 2
-    x = F.pad(x, (pad_w, pad_w, pad_h, pad_h))
-    crop = math.ceil(canvas_size * crop_ratio)
-    start = (canvas_size - crop) // 2
-    x = x[:, :, start:start + crop, start:start + crop]
-    return F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def _same_parity(value: int, reference: int) -> int:
@@ -129,7 +191,6 @@ def _same_parity(value: int, reference: int) -> int:
     return value if (reference - value) % 2 == 0 else value + 1 if value < reference else value - 1
 
 
-PRECISIONS = ("float32", "bfloat16", "int8")
 _MIRRORED_INDEX = [(-j) % geometry.GROUP_ORDER for j in range(geometry.GROUP_ORDER)]
 
 
@@ -139,56 +200,26 @@ def _margin(activations: torch.Tensor) -> float:
     return float(top_two[0] - top_two[1])
 
 
-def bfloat16_is_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 convolutions in hardware (GPU, or CPU with AVX512-BF16 / AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def trunk_arithmetic(precision: str, device: torch.device) -> tuple[torch.dtype, bool]:
-    """``(dtype, int8)`` the network's trunk computes in for ``precision`` on ``device``
-    (:meth:`ServingWRN.forward <canon.networks.ServingWRN.forward>`'s arguments): what ``precision`` names where the
-    device has it natively, else the next one down (int8 -> bfloat16 -> float32), which is faster there."""
-    int8 = precision == "int8" and int8_is_native(device)
-    dtype = torch.bfloat16 if precision != "float32" and bfloat16_is_native(device) else torch.float32
-    return dtype, int8
-
-
 class Canonicalizer(nn.Module, PyTorchModelHubMixin,
                     library_name="canon", tags=["equivariance", "canonicalization", "segment-anything"],
                     license="mit"):
     """C4 canonicalizer for SAM: preprocessing + :class:`ServingWRN`, with the Hub's ``from_pretrained`` layout.
 
-    ``Canonicalizer.from_pretrained(dir_or_repo_id)`` reads ``config.json`` (these constructor arguments) and
-    ``model.safetensors`` (the network's state dict under ``network.``). :meth:`canonicalize` is the entry point.
-    ``precision`` is the trunk's arithmetic: ``float32``; ``bfloat16`` where the device has it natively
-    (:attr:`compute_dtype`); or ``int8``, 8-bit convolutions where the device has them (:attr:`served_precision`),
-    their sums and the rest in :attr:`compute_dtype`. With either of the last two, a first pass whose top two
-    activations are within ``recheck_margin`` is not trusted and the network runs again in float32 (:meth:`logits`).
-    With ``mirror_average``, near-ties (float32 top two within ``mirror_margin``) are decided by the activations of
-    the image and of its mirror together: a second opinion that costs a pass only on near-ties.
-    With ``probe_levels``, an :class:`~canon.networks.EquivariantProbe` on those blocks' pooled outputs (a
-    ``probe_grid`` x ``probe_grid`` partition) gives the scores instead of the network's head.
-    Results are cached per C4 orbit (``cache_size`` entries), so rotated copies of one photo cost one pass.
+    ``Canonicalizer.from_pretrained(dir_or_repo_id)`` reads ``config.json`` (``network``, ``preprocessing`` and
+    ``policy``: the fields of :class:`NetworkSpec`, :class:`Preprocessing` and :class:`DecisionPolicy`; a missing
+    section or field takes its default) and ``model.safetensors`` (the network's state dict under ``network.``).
+    :meth:`canonicalize` is the entry point. Results are cached per C4 orbit (``cache_size`` entries), so rotated
+    copies of one photo cost one pass. The settings are immutable: :meth:`with_policy` and
+    :meth:`with_preprocessing` return a new canonicalizer that shares the weights and starts with an empty cache.
     """
 
-    def __init__(self, architecture: str = "wrn", kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12,
-                 group_order: int = 4, canvas_size: int = 1024, crop_ratio: float = 0.9, input_size: int = 128,
-                 cache_size: int = 64, precision: str = "float32", recheck_margin: float = 1.0,
-                 mirror_average: bool = False, mirror_margin: float = 1.0, probe_levels: tuple[int, ...] = (),
-                 probe_grid: int = 3):
+    def __init__(self, network: NetworkSpec | Mapping = NetworkSpec(),
+                 preprocessing: Preprocessing | Mapping = Preprocessing(),
+                 policy: DecisionPolicy | Mapping = DecisionPolicy(), cache_size: int = 64):
         super().__init__()
-        if architecture != "wrn" or group_order != geometry.GROUP_ORDER:
-            raise ValueError(f"unsupported canonicalizer: architecture={architecture!r}, group_order={group_order}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision takes one of {', '.join(PRECISIONS)}; got {precision!r}")
-        self.network = ServingWRN(kernel_size, out_channels, num_layers, group_order, tuple(probe_levels), probe_grid)
-        self.precision = precision
-        self.recheck_margin = recheck_margin
-        self.mirror_average = mirror_average
-        self.mirror_margin = mirror_margin
-        self.preprocess_config = dict(canvas_size=canvas_size, crop_ratio=crop_ratio, input_size=input_size)
+        self._settings = (_spec(NetworkSpec, network), _spec(Preprocessing, preprocessing),
+                          _spec(DecisionPolicy, policy))
+        self.network = ServingWRN(**dataclasses.asdict(self.network_spec), group_order=geometry.GROUP_ORDER)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -197,37 +228,64 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
     @classmethod
     def load(cls, name_or_path: str | None = None, device: str | torch.device = "cpu",
              repo_id: str | None = None) -> "Canonicalizer":
-        """Load by model name from ``weights/models.json`` (default: the registry's default) or from a local folder;
-        resolution order and errors are :func:`canon.models.resolve_canonicalizer_dir`'s."""
-        from .models import default_canonicalizer, resolve_canonicalizer_dir
-
+        """Load by model name from the weight registry (default: its default canonicalizer) or from a local folder;
+        resolution order and errors are :func:`canon.registry.resolve_canonicalizer_dir`'s."""
         folder = resolve_canonicalizer_dir(name_or_path or default_canonicalizer(), repo_id=repo_id)
         with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints a line on every local load
             model = cls.from_pretrained(str(folder), strict=True)
         return model.to(device).eval()
 
     @property
+    def network_spec(self) -> NetworkSpec:
+        return self._settings[0]
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self._settings[1]
+
+    @property
+    def policy(self) -> DecisionPolicy:
+        return self._settings[2]
+
+    @property
+    def config(self) -> dict:
+        """What ``config.json`` holds for this canonicalizer."""
+        return {"network": dataclasses.asdict(self.network_spec),
+                "preprocessing": dataclasses.asdict(self.preprocessing),
+                "policy": dataclasses.asdict(self.policy), "cache_size": self.cache_size}
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """The Hub mixin's save, with :attr:`config` as ``config.json`` (settings of a derived canonicalizer too)."""
+        return super().save_pretrained(save_directory, **{"config": self.config, **kwargs})
+
+    def with_policy(self, **changes) -> "Canonicalizer":
+        """A canonicalizer with the same weights and the :class:`DecisionPolicy` fields in ``changes`` replaced."""
+        return self._sibling(policy=dataclasses.replace(self.policy, **changes))
+
+    def with_preprocessing(self, **changes) -> "Canonicalizer":
+        """A canonicalizer with the same weights and the :class:`Preprocessing` fields in ``changes`` replaced
+        (``input_size=64``: the network on smaller inputs, a quarter of the cost)."""
+        return self._sibling(preprocessing=dataclasses.replace(self.preprocessing, **changes))
+
+    def _sibling(self, **settings) -> "Canonicalizer":
+        twin = type(self)(**{"network": self.network_spec, "preprocessing": self.preprocessing,
+                             "policy": self.policy, "cache_size": self.cache_size, **settings})
+        twin.network = self.network  # shared, not copied: the weights and their compiled forms
+        return twin.eval()
+
+    @property
     def device(self) -> torch.device:
         return next(self.network.buffers()).device
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """``H x W x 3`` uint8 -> ``1 x 3 x S x S`` float tensor on :attr:`device` (see :func:`paper_preprocess`)."""
-        return paper_preprocess(image, **self.preprocess_config).to(self.device)
+        """``H x W x 3`` uint8 -> ``1 x 3 x S x S`` float tensor on :attr:`device` (see :class:`Preprocessing`)."""
+        return self.preprocessing(image).to(self.device)
 
     @property
-    def compute_dtype(self) -> torch.dtype:
-        """bfloat16 where :attr:`precision` is ``bfloat16`` or ``int8`` and the device computes it natively (a GPU
-        with bfloat16, a CPU with AVX512-BF16 or AMX); float32 elsewhere, where bfloat16 would be emulated and
-        slower."""
-        return trunk_arithmetic(self.precision, self.device)[0]
-
-    @property
-    def served_precision(self) -> str:
-        """The arithmetic of the first pass on this device: ``int8`` where :attr:`precision` is ``int8`` and the
-        device has 8-bit dot products (a CPU with VNNI; see :func:`canon.networks.int8_is_native`), else
-        :attr:`compute_dtype`'s name, ``bfloat16`` or ``float32``."""
-        dtype, int8 = trunk_arithmetic(self.precision, self.device)
-        return "int8" if int8 else str(dtype).removeprefix("torch.")
+    def arithmetic(self) -> Arithmetic:
+        """The arithmetic of the first pass on this device: :attr:`policy`'s precision where the device has it
+        natively, else the next one down (:meth:`canon.networks.Arithmetic.served`)."""
+        return Arithmetic.served(self.policy.precision, self.device)
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray) -> np.ndarray:
@@ -238,21 +296,22 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
         its left-right mirror. A mirrored photo turned by ``j`` is the mirror of the photo turned by ``-j``, so index
         ``j`` of the first pairs with index ``-j`` of the second, and the result is still exactly C4-equivariant.
 
-        A first pass runs in :attr:`served_precision`. Reduced precision moves the activations by a few tenths
-        (for wrn-c4-paper on the shared photos 0.34 at most in bfloat16, 0.46 with int8 convolutions), so its
-        margin between the best two is within ``recheck_margin`` (at least twice that) of float32's. Where the
-        first pass's margin clears ``recheck_margin``, plus ``mirror_margin`` with ``mirror_average``, its argmax is
-        float32's and float32 would see no near-tie, so it stands; otherwise the network runs again in float32 and
-        the rule above decides."""
+        A first pass runs in :attr:`arithmetic`. Reduced precision moves the activations by a few tenths (for
+        wrn-c4-paper on the shared photos 0.34 at most in bfloat16, 0.46 with int8 convolutions), so its margin
+        between the best two is within ``recheck_margin`` (at least twice that) of float32's. Where the first pass's
+        margin clears ``recheck_margin``, plus ``mirror_margin`` with ``mirror_average``, its argmax is float32's and
+        float32 would see no near-tie, so it stands; otherwise the network runs again in float32 and the rule above
+        decides."""
+        policy = self.policy
         x = self.preprocess(image)
-        dtype, int8 = trunk_arithmetic(self.precision, self.device)
-        activations = self.network(x, dtype, int8)[0]
-        if dtype != torch.float32 or int8:
-            guard = self.recheck_margin + (self.mirror_margin if self.mirror_average else 0.0)
+        arithmetic = self.arithmetic
+        activations = self.network(x, arithmetic)[0]
+        if arithmetic != Arithmetic():
+            guard = policy.recheck_margin + (policy.mirror_margin if policy.mirror_average else 0.0)
             if _margin(activations) >= guard:
                 return activations.double().cpu().numpy()
             activations = self.network(x)[0]
-        if self.mirror_average and _margin(activations) < self.mirror_margin:
+        if policy.mirror_average and _margin(activations) < policy.mirror_margin:
             mirrored = self.network(x.flip(-1))[0]  # the preprocessing commutes with a left-right mirror
             activations = (activations + mirrored[_MIRRORED_INDEX]) / 2
         return activations.double().cpu().numpy()

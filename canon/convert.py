@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from .canonicalizer import Canonicalizer
+from .canonicalizer import Canonicalizer, DecisionPolicy
 from .networks import EscnnWRN
 
 WHEEL_MEMBER = "tutorials/images/utils/equivariant_wrn_c4.pt"
@@ -28,9 +29,7 @@ CHECKPOINT_SHA256 = "7205a7f21b39cdf7a7cd18a6be58687e63476495de87f94a9c161ff1ed2
 # a tie is run again in float32, whose near-ties (within 1.0) are decided with the photo's mirror. On the 215 shared
 # photos the largest deviation of the first pass is 0.46 with int8 convolutions (0.34 in bfloat16), under half the
 # recheck margin, and the mirror's look at near-ties recovers 181 of them instead of 174.
-PAPER_CONFIG = dict(architecture="wrn", kernel_size=5, out_channels=64, num_layers=12, group_order=4,
-                    canvas_size=1024, crop_ratio=0.9, input_size=128, precision="int8", recheck_margin=1.0,
-                    mirror_average=True, mirror_margin=1.0)
+SERVING_POLICY = DecisionPolicy(precision="int8", recheck_margin=1.0, mirror_average=True, mirror_margin=1.0)
 
 EQUIADAPT_LICENSE = """MIT License
 
@@ -78,14 +77,15 @@ identity rotation on upright COCO photos), SAM frozen.
 - Licence: MIT, Copyright (c) 2023 Arnab Mondal (see LICENSE in this folder).
 - Input recipe: longest side to 1024, centred zero padding to 1024 x 1024, centre crop 0.9, resize to 128, RGB in
   [0, 1], no normalisation.
-- Arithmetic (`config.json`): the trunk's convolutions in 8 bits where the device has 8-bit dot products (a CPU with
-  VNNI: filters per output channel, activations per tensor, scaled by their own maximum), their sums and the rest in
-  bfloat16 where the device has it natively (a CPU with AVX512-BF16 or AMX, a GPU), float32 elsewhere. When the first
-  pass's two best rotations are within `recheck_margin` + `mirror_margin` (1.0 + 1.0) of each other, the network
-  runs again in float32; when float32's two best are within `mirror_margin` (a near-tie), it runs on the left-right
-  mirror of the photo too (`mirror_average`; the mirror turned by `-j` pairs with the photo turned by `j`), and the
-  mean of the two decides. On the 215 photos below the first pass's activations are within 0.46 of float32's (0.34
-  in bfloat16 alone), under half of `recheck_margin`, so every decision is the one float32 makes.
+- Arithmetic (the `policy` section of `config.json`): the trunk's convolutions in 8 bits where the device has 8-bit
+  dot products (a CPU with VNNI: filters per output channel, activations per tensor, scaled by their own maximum),
+  their sums and the rest in bfloat16 where the device has it natively (a CPU with AVX512-BF16 or AMX, a GPU),
+  float32 elsewhere. When the first pass's two best rotations are within `recheck_margin` + `mirror_margin` (1.0 +
+  1.0) of each other, the network runs again in float32; when float32's two best are within `mirror_margin` (a
+  near-tie), it runs on the left-right mirror of the photo too (`mirror_average`; the mirror turned by `-j` pairs
+  with the photo turned by `j`), and the mean of the two decides. On the 215 photos below the first pass's
+  activations are within 0.46 of float32's (0.34 in bfloat16 alone), under half of `recheck_margin`, so every
+  decision is the one float32 makes.
 - Use: `Canonicalizer.from_pretrained(this_folder_or_repo_id).canonicalize(image)` from the `canon` library.
 
 ## Figures
@@ -115,14 +115,14 @@ def read_paper_checkpoint(source: str | Path) -> dict[str, torch.Tensor]:
 def convert_paper_checkpoint(source: str | Path, out_dir: str | Path) -> Canonicalizer:
     """Write ``config.json``, ``model.safetensors``, ``README.md`` (model card) and ``LICENSE`` into ``out_dir``."""
     state = read_paper_checkpoint(source)
-    network_config = {k: PAPER_CONFIG[k] for k in ("kernel_size", "out_channels", "num_layers", "group_order")}
-    EscnnWRN(**network_config, initialize=False).load_state_dict(state, strict=True)  # the layout is the paper's
-    canonicalizer = Canonicalizer(**PAPER_CONFIG)
+    canonicalizer = Canonicalizer(policy=SERVING_POLICY)  # the paper's network and preprocessing
+    escnn_model = EscnnWRN(**asdict(canonicalizer.network_spec), initialize=False)
+    escnn_model.load_state_dict(state, strict=True)  # the layout is the paper's
     canonicalizer.network.load_state_dict(canonicalizer.network.state_from_escnn(state), strict=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "README.md").write_text(MODEL_CARD.format(member=WHEEL_MEMBER, wheel_sha=WHEEL_SHA256,
                                                          checkpoint_sha=CHECKPOINT_SHA256))
     (out_dir / "LICENSE").write_text(EQUIADAPT_LICENSE)
-    canonicalizer.save_pretrained(out_dir, config=PAPER_CONFIG)
+    canonicalizer.save_pretrained(out_dir)
     return canonicalizer

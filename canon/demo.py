@@ -22,18 +22,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import geometry, maskio
+from . import geometry, maskio, schema
 from .canonicalizer import Canonicalization, Canonicalizer
 from .images import load_photo
-from .models import ModelUnavailableError
-from .render import mask_iou
 from .prompts import MAX_POINTS, Prompts
+from .registry import ModelUnavailableError, default_sam, sam_names
 from .segmenter import DualResult, EquivariantSegmenter, PathResult, SamBackend, SweepEntry
 
 log = logging.getLogger(__name__)
 
 MAX_SIDE = 1600  # longer photos are shrunk for the page; SAM and the canonicalizer work at 1024 px anyway
-UNSURE_BELOW = 0.5  # a canonicalization whose top probability is lower is flagged as unsure
 CLICK_KINDS = ("object", "background", "corner")  # a point on the object, a point off it, a corner of the box
 
 
@@ -97,6 +95,16 @@ class Models:
 
     def segmenter(self, choice: str) -> EquivariantSegmenter:
         return EquivariantSegmenter(self.canonicalizer, self.sam(choice))
+
+
+def sam_sources(sam: str | None = None) -> tuple[dict[str, str], str]:
+    """The SAMs to offer (label -> registry name or local checkpoint path) and the one selected first: every SAM of
+    the weight registry, and ``sam`` (a registry name, or a local ``.pth`` offered first as "<file> (local)")."""
+    sources = {name: name for name in sam_names()}
+    if sam is None or sam in sources:
+        return sources, sam or default_sam()
+    label = f"{Path(sam).name} (local)"
+    return {label: sam, **sources}, label
 
 
 def _unavailable(choice: str) -> str:
@@ -250,12 +258,7 @@ class Outcome:
 
     @property
     def unsure(self) -> bool:
-        return is_unsure(self.canonicalization)
-
-
-def is_unsure(decision: Canonicalization) -> bool:
-    """Whether the canonicalizer's top probability is too low to trust its choice (below UNSURE_BELOW)."""
-    return decision.confidence < UNSURE_BELOW
+        return schema.is_unsure(self.canonicalization)
 
 
 def run(models: Models, session: Session, sam_choice: str, multimask: bool = True,
@@ -275,11 +278,10 @@ def run(models: Models, session: Session, sam_choice: str, multimask: bool = Tru
         return Outcome(view, models.canonicalizer.canonicalize(view), session.residual_deg, sam_error=error.public)
     if session.everything:
         result = segmenter.segment_everything(view, **(everything_options or {}))
-        agreement = mask_iou(result.sam.masks.any(axis=0), result.canonicalized.masks.any(axis=0))
     else:
         result = segmenter.segment(view, session.prompts(), multimask)
-        agreement = mask_iou(result.sam.masks[0], result.canonicalized.masks[0])
-    return Outcome(view, result.canonicalization, session.residual_deg, result, agreement=agreement)
+    return Outcome(view, result.canonicalization, session.residual_deg, result,
+                   agreement=schema.agreement(result, session.everything))
 
 
 def sweep(models: Models, session: Session, sam_choice: str, multimask: bool = True) -> list[SweepEntry]:

@@ -14,17 +14,6 @@ from .canonicalizer import Canonicalizer
 from .images import load_image
 from .prompts import Prompts
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    """The image files directly in ``folder``, sorted by name (the split and the order never depend on the disk)."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    return files
-
-
 def orientation_accuracy(canonicalizer: Canonicalizer, files: Iterable[Path], model_name: str,
                          progress: bool = True) -> dict:
     """Every photo (assumed upright) at its four C4 rotations; a rotated input counts as recovered when the

@@ -10,16 +10,16 @@ Two implementations share one layer plan (:func:`layer_plan`):
 * :class:`EscnnWRN` builds the network with escnn. Its state dict has the paper's layout, so the published
   ``equivariant_wrn_c4.pt`` loads into it strictly. It is what training uses.
 * :class:`ServingWRN` holds the same free parameters (escnn's steerable-basis coefficients, biases and batch-norm
-  statistics) plus the four sampled bases, and expands them into ordinary convolution filters with one ``einsum`` each
-  (kept channels last; in float32, bfloat16, or 8 bits for oneDNN's integer convolution). It imports nothing from
-  escnn and builds no basis at start-up; batch norm is folded into the convolutions. Its state dict is what
-  ``weights/*/model.safetensors`` stores (:class:`huggingface_hub.PyTorchModelHubMixin` layout).
+  statistics) plus the four sampled bases; its state dict is what ``canon/weights/*/model.safetensors`` stores
+  (:class:`huggingface_hub.PyTorchModelHubMixin` layout). It imports nothing from escnn and builds no basis at
+  start-up. :meth:`ServingWRN.compiled` turns it into a :class:`CompiledWRN` (the idea of escnn's ``export()``):
+  ordinary convolution filters expanded with one ``einsum`` each, batch norm folded in, kept channels last, in one
+  :class:`Arithmetic` (float32, bfloat16, or 8 bits for oneDNN's integer convolution, guarded by a self-test).
 
 Both return group activations of shape ``B x 4`` for an input ``B x 3 x S x S`` (floats in [0, 1]). Rotating the
 input by ``k`` quarter turns counter-clockwise rolls the activations by ``k``: ``act(rot90(x, k)) = roll(act(x), k)``.
 
-:class:`EquivariantProbe` is a cheaper way to such activations: a linear score on pooled outputs of a frozen trunk
-(run at a smaller input size), evaluated once per rotation by permuting the pooled features.
+The sizes (kernel, channels, layers) are :class:`canon.canonicalizer.NetworkSpec`'s, whose defaults are the paper's.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .runtime import bfloat16_is_native, int8_is_native
 
 BATCH_NORM_EPS = 1e-5  # escnn's InnerBatchNorm default, as in the paper's training
 
@@ -73,7 +75,7 @@ class LayerPlan:
     head: ConvSpec
 
 
-def layer_plan(kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12) -> LayerPlan:
+def layer_plan(kernel_size: int, out_channels: int, num_layers: int) -> LayerPlan:
     """The wide-ResNet's layers, named by their keys in the paper's escnn state dict (``eqv_network.N...``).
 
     Widths follow equiadapt's ``ESCNNWRNEquivariantNetwork`` (widen factor 2): regular fields
@@ -113,7 +115,7 @@ def layer_plan(kernel_size: int = 5, out_channels: int = 64, num_layers: int = 1
         blocks.append(block)
         index += 3  # block, batch norm, ReLU
     head = ConvSpec(f"eqv_network.{index}", widths[2], widths[3], k, 0)
-    return LayerPlan(stem, f"eqv_network.1", tuple(blocks), head)
+    return LayerPlan(stem, "eqv_network.1", tuple(blocks), head)
 
 
 def stage_ends(plan: LayerPlan) -> tuple[int, ...]:
@@ -161,7 +163,7 @@ class EscnnWRN(nn.Module):
     ``forward(x)`` takes ``B x 3 x S x S`` floats and returns ``B x 4`` group activations.
     """
 
-    def __init__(self, kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12, group_order: int = 4,
+    def __init__(self, kernel_size: int, out_channels: int, num_layers: int, group_order: int = 4,
                  initialize: bool = True):
         super().__init__()
         gspaces, enn = _escnn()
@@ -255,37 +257,74 @@ def _safe(key: str) -> str:
     return key.replace(".", "_")
 
 
+@dataclass(frozen=True)
+class Arithmetic:
+    """What a pass of :class:`CompiledWRN` computes in: floats of ``dtype`` (float32, or bfloat16: about half the
+    time where the device has it natively, activations within a few tenths), with ``int8`` its convolutions as
+    8-bit multiplications (:class:`QuantizedConv`, a CPU only) whose sums come out in ``dtype``."""
+
+    dtype: torch.dtype = torch.float32
+    int8: bool = False
+
+    @property
+    def name(self) -> str:
+        """``float32``, ``bfloat16`` or ``int8``: the precision this arithmetic serves."""
+        return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
+
+    @classmethod
+    def served(cls, precision: str, device: torch.device) -> "Arithmetic":
+        """The arithmetic for ``precision`` (``float32``, ``bfloat16`` or ``int8``) on ``device``: what it names where
+        the device has it natively (8 bits also only if :func:`int8_works` passes), else the next one down
+        (int8 -> bfloat16 -> float32), which is faster there. int8's sums are in bfloat16 where that is native."""
+        dtype = torch.bfloat16 if precision != "float32" and bfloat16_is_native(device) else torch.float32
+        return cls(dtype, precision == "int8" and int8_is_native(device) and int8_works())
+
+
+FLOAT32 = Arithmetic()
+
+
+@functools.lru_cache(maxsize=None)
+def int8_works() -> bool:
+    """A one-time self-test of the 8-bit convolution, which calls private torch operators: on a random input its
+    output must be the float convolution of its quantized operands. If those operators fail or disagree (another
+    torch build, another CPU), 8-bit serving is turned off with a warning and bfloat16 or float32 serves instead."""
+    try:
+        generator = torch.Generator().manual_seed(0)
+        weight, bias = torch.randn(8, 6, 3, 3, generator=generator), torch.randn(8, generator=generator)
+        x = _channels_last(torch.rand(1, 6, 10, 10, generator=generator))
+        out = QuantizedConv.from_float(weight, bias, 1)(x, False, torch.float32)
+        x_scale = x.amax() / 255
+        w_scales = weight.abs().amax(dim=(1, 2, 3)) / 127
+        expected = F.conv2d(torch.round(x / x_scale) * x_scale,
+                            torch.round(weight / w_scales[:, None, None, None]) * w_scales[:, None, None, None],
+                            bias, padding=1)
+        works = out.shape == expected.shape and bool((out - expected).abs().max() <= 1e-3 * expected.abs().max())
+        reason = "its output differs from the float convolution of its quantized operands"
+    except Exception as error:  # noqa: BLE001 -- private operators: any failure means "do not use them"
+        works, reason = False, f"{type(error).__name__}: {str(error).strip()[:160]}"
+    if not works:
+        warnings.warn(f"8-bit convolutions are turned off ({reason}); bfloat16 or float32 serves instead",
+                      RuntimeWarning, stacklevel=2)
+    return works
+
+
 class ServingWRN(nn.Module):
     """Plain-torch inference form of :class:`EscnnWRN` (same free parameters, same outputs within float rounding).
 
     The state dict holds, for every convolution of :func:`layer_plan`, escnn's basis coefficients (``*_weights``,
     one row per (out field, in field) pair) and per-field bias; for every batch norm its per-field statistics; and the
-    sampled bases (``basis_*``, shape ``dim x n x n_in x k*k``). :meth:`prepare` expands them into dense filters,
-    folds the batch norms, and folds the head convolution and the group pooling into one linear map of window means
-    (:meth:`_pooled_head`); it runs once per arithmetic, on the first forward in eval mode.
-    :class:`canon.canonicalizer.Canonicalizer` wraps it with the preprocessing and the Hub's ``from_pretrained`` layout.
+    sampled bases (``basis_*``, shape ``dim x n x n_in x k*k``). This is what ``model.safetensors`` stores.
+    :meth:`compiled` turns it into a :class:`CompiledWRN` for one :class:`Arithmetic` (once, on first use), which is
+    what runs. :class:`canon.canonicalizer.Canonicalizer` wraps it with the preprocessing and the Hub's layout.
 
-    ``forward(x, dtype)``: ``B x 3 x S x S`` float tensor in [0, 1] -> ``B x group_order`` group activations
-    (float32), the trunk computed in ``dtype``. With ``probe_levels`` (block indices), an :class:`EquivariantProbe`
-    on those blocks' pooled outputs gives them instead of the head (whose parameters stay in the state dict).
+    ``forward(x, arithmetic)``: ``B x 3 x S x S`` float tensor in [0, 1] -> ``B x group_order`` group activations
+    (float32).
     """
 
-    def __init__(self, kernel_size: int = 5, out_channels: int = 64, num_layers: int = 12, group_order: int = 4,
-                 probe_levels: tuple[int, ...] = (), probe_grid: int = 3):
+    def __init__(self, kernel_size: int, out_channels: int, num_layers: int, group_order: int = 4):
         super().__init__()
-        self.config = dict(kernel_size=kernel_size, out_channels=out_channels, num_layers=num_layers,
-                           group_order=group_order)
         self.group_order = group_order
         self.plan = layer_plan(kernel_size, out_channels, num_layers)
-        # With probe levels, a linear probe on those blocks' pooled outputs replaces the head (see EquivariantProbe).
-        self.probe = None
-        if probe_levels:
-            fields = [self.plan.blocks[i].out_fields if 0 <= i < len(self.plan.blocks) else None
-                      for i in probe_levels]
-            if None in fields:
-                raise ValueError(f"probe levels are block indices in 0..{len(self.plan.blocks) - 1}, "
-                                 f"got {list(probe_levels)}")
-            self.probe = EquivariantProbe(tuple(probe_levels), tuple(fields), probe_grid, group_order)
         n = group_order
         for spec in all_convs(self.plan):
             self.register_buffer(f"{_safe(spec.key)}_weights", torch.zeros(0))  # sized on load
@@ -298,7 +337,7 @@ class ServingWRN(nn.Module):
             fields = self._norm_fields(prefix)
             for stat in ("weight", "bias", "running_mean", "running_var"):
                 self.register_buffer(f"{_safe(prefix)}_{stat}", torch.zeros(fields))
-        self._dense: dict[tuple[torch.dtype, bool], dict[str, tuple]] = {}
+        self._compiled: dict[Arithmetic, CompiledWRN] = {}
 
     def _norm_fields(self, prefix: str) -> int:
         if prefix == self.plan.stem_norm:
@@ -314,7 +353,7 @@ class ServingWRN(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         _resize_buffers(self, state_dict, prefix)
-        self._dense = {}
+        self._compiled = {}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -392,72 +431,88 @@ class ServingWRN(nn.Module):
         return (weight.reshape(-1, n, *weight.shape[1:]).mean(dim=0), bias.reshape(-1, n).mean(dim=0))
 
     @torch.no_grad()
-    def prepare(self, dtype: torch.dtype = torch.float32, int8: bool = False) -> dict[str, tuple]:
-        """Expand the bases into dense filters in ``dtype`` (or 8-bit filters, with ``int8``) and fold the batch
-        norms; cached per arithmetic until the next load, change of device or training step."""
-        if (dtype, int8) in self._dense:
-            return self._dense[dtype, int8]
-        convs = {"stem": (self.plan.stem, *self._folded(self.plan.stem, self.plan.stem_norm))}
+    def compiled(self, arithmetic: Arithmetic = FLOAT32) -> "CompiledWRN":
+        """The network as plain convolutions in ``arithmetic``: bases expanded into dense filters, batch norms
+        folded, the head folded into window means. Built once per arithmetic and kept until the next load, change of
+        device or training step."""
+        if self.training:
+            self._compiled = {}
+        compiled = self._compiled.get(arithmetic)
+        if compiled is None:
+            compiled = self._compiled[arithmetic] = CompiledWRN(self, arithmetic)
+        return compiled  # not re-read from the cache: another thread may clear it (load, .to(), training)
+
+    def forward(self, x: torch.Tensor, arithmetic: Arithmetic = FLOAT32) -> torch.Tensor:
+        """``x``: ``B x 3 x S x S`` float in [0, 1] -> ``B x group_order`` float32 activations, computed in
+        ``arithmetic`` (see :class:`CompiledWRN`)."""
+        return self.compiled(arithmetic)(x)
+
+    def trunk(self, x: torch.Tensor, arithmetic: Arithmetic = FLOAT32,
+              taps: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Everything before the head; see :meth:`CompiledWRN.trunk`."""
+        return self.compiled(arithmetic).trunk(x, taps)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._compiled = {}  # dense filters are re-made after a change of device or dtype
+        return super()._apply(fn, *args, **kwargs)
+
+
+class CompiledWRN(nn.Module):
+    """A :class:`ServingWRN` turned into plain convolutions for one :class:`Arithmetic` (the idea of escnn's
+    ``export()``): dense filters kept channels last (in the arithmetic's dtype, or 8-bit, :class:`QuantizedConv`),
+    batch norms folded into them or kept as per-channel affine maps after residual sums, and the head convolution
+    with the group pooling folded into one float32 linear map of window means (:meth:`ServingWRN._pooled_head`).
+    Inference only: it holds no parameters, and a new one is built when the serving network's weights change.
+
+    ``forward(x)``: ``B x 3 x S x S`` float tensor in [0, 1] -> ``B x group_order`` float32 activations.
+    """
+
+    def __init__(self, serving: ServingWRN, arithmetic: Arithmetic = FLOAT32):
+        super().__init__()
+        self.plan, self.arithmetic = serving.plan, arithmetic
+        dtype = arithmetic.dtype
+        plan = serving.plan
+        convs = {"stem": (plan.stem, *serving._folded(plan.stem, plan.stem_norm))}
         affines = {}
-        for i, block in enumerate(self.plan.blocks):
+        for i, block in enumerate(plan.blocks):
             for j, spec in enumerate(block.convs):
                 norm = block.norms[j] if j < len(block.norms) else None
-                convs[f"{i}.{j}"] = (spec, *(self._folded(spec, norm) if norm else self._dense_conv(spec)))
+                convs[f"{i}.{j}"] = (spec, *(serving._folded(spec, norm) if norm else serving._dense_conv(spec)))
             if block.shortcut is not None:
-                convs[f"{i}.shortcut"] = (block.shortcut, *self._dense_conv(block.shortcut))
-            affines[f"{i}.out"] = tuple(t.to(dtype) for t in self._affine(block.out_norm))
-        if int8:
-            convs = {key: _QuantizedConv.from_float(w, b, spec.padding) for key, (spec, w, b) in convs.items()}
+                convs[f"{i}.shortcut"] = (block.shortcut, *serving._dense_conv(block.shortcut))
+            affines[f"{i}.out"] = tuple(t.to(dtype) for t in serving._affine(block.out_norm))
+        if arithmetic.int8:
+            layers = {key: QuantizedConv.from_float(w, b, spec.padding) for key, (spec, w, b) in convs.items()}
         else:
             # Filters are kept channels last, the layout oneDNN and cuDNN convolve fastest (the whole network:
             # 412 -> 343 ms in bfloat16 at 128 px on a 2-core EPYC).
-            convs = {key: (_channels_last(w.to(dtype)), b.to(dtype)) for key, (_, w, b) in convs.items()}
-        # The pooled head stays float32 (it sums thousands of positions); a probe replaces it.
-        prepared = {**convs, **affines, "head": self._pooled_head() if self.probe is None else None}
-        self._dense[dtype, int8] = prepared
-        return prepared  # not re-read from the cache: another thread may clear it (load, .to(), training)
+            layers = {key: (_channels_last(w.to(dtype)), b.to(dtype)) for key, (_, w, b) in convs.items()}
+        self.layers = {**layers, **affines}
+        self.head = serving._pooled_head()  # float32: it sums thousands of positions
 
-    def forward(self, x: torch.Tensor, dtype: torch.dtype = torch.float32, int8: bool = False) -> torch.Tensor:
-        """``x``: ``B x 3 x S x S`` float in [0, 1] -> ``B x group_order`` float32 activations.
-
-        The trunk computes in ``dtype``: float32, or bfloat16 (about half the time on CPUs with AVX512-BF16 and on
-        GPUs; activations within a few tenths). With ``int8`` its convolutions multiply 8-bit integers instead
-        (:class:`_QuantizedConv`, oneDNN on a CPU, see :func:`int8_is_native`) and give their sums in ``dtype``.
-        With a :attr:`probe`, the probe scores the pooled outputs of its blocks instead of the head."""
-        taps = self.probe.levels if self.probe is not None else ()
-        d = self._checked_prepare(x, dtype, int8)  # once: trunk and head from the same weights
-        h, tapped = self._trunk(x, d, dtype, int8, taps)
-        if self.probe is not None:
-            return self.probe(tapped)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.trunk(x)
         head = self.plan.head
         h = F.pad(h.float(), [head.padding] * 4)
         window = (h.shape[-2] - head.kernel_size + 1, h.shape[-1] - head.kernel_size + 1)
-        weight, bias = d["head"]
+        weight, bias = self.head
         return torch.einsum("gcyx,bcyx->bg", weight, F.avg_pool2d(h, window, stride=1)) + bias
 
-    def trunk(self, x: torch.Tensor, dtype: torch.dtype = torch.float32, int8: bool = False,
-              taps: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def trunk(self, x: torch.Tensor, taps: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Everything before the head: ``B x 3 x S x S`` in [0, 1] -> the last block's output ``B x C x H x W``
-        (in ``dtype``, channels last; channel ``f * n + j`` is component ``j`` of regular field ``f``) and the
-        outputs of the blocks whose indices are in ``taps``, in that order."""
-        return self._trunk(x, self._checked_prepare(x, dtype, int8), dtype, int8, taps)
-
-    def _checked_prepare(self, x: torch.Tensor, dtype: torch.dtype, int8: bool) -> dict[str, tuple]:
-        if self.training:
-            self._dense = {}
+        (in the arithmetic's dtype, channels last; channel ``f * n + j`` is component ``j`` of regular field ``f``)
+        and the outputs of the blocks whose indices are in ``taps``, in that order."""
+        dtype, int8 = self.arithmetic.dtype, self.arithmetic.int8
         if int8 and x.device.type != "cpu":
             raise ValueError(f"8-bit convolutions run on a CPU only, not on {x.device.type} (see int8_is_native)")
         if int8 and x.min() < 0:  # inside the trunk every convolution's input is a ReLU's output
             raise ValueError("8-bit convolutions take non-negative inputs: images in [0, 1], not normalised ones")
-        return self.prepare(dtype, int8)
-
-    def _trunk(self, x: torch.Tensor, d: dict[str, tuple], dtype: torch.dtype, int8: bool,
-               taps: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        layers = self.layers
 
         def conv(h, key, spec, relu=False):
             if int8:
-                return d[key](h, relu, dtype)
-            weight, bias = d[key]
+                return layers[key](h, relu, dtype)
+            weight, bias = layers[key]
             out = F.conv2d(h, weight, bias, padding=spec.padding)
             return F.relu(out) if relu else out
 
@@ -468,15 +523,11 @@ class ServingWRN(nn.Module):
             for j, spec in enumerate(block.convs):
                 out = conv(out, f"{i}.{j}", spec, relu=j < len(block.norms))
             out = out + (conv(h, f"{i}.shortcut", block.shortcut) if block.shortcut is not None else h)
-            scale, shift = d[f"{i}.out"]
+            scale, shift = layers[f"{i}.out"]
             h = F.relu(out * scale[None, :, None, None] + shift[None, :, None, None])
             if i in taps:
                 tapped[i] = h
         return h, [tapped[i] for i in taps]
-
-    def _apply(self, fn, *args, **kwargs):
-        self._dense = {}  # dense filters are re-made after a change of device or dtype
-        return super()._apply(fn, *args, **kwargs)
 
 
 def _resize_buffers(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str) -> None:
@@ -487,84 +538,12 @@ def _resize_buffers(module: nn.Module, state_dict: dict[str, torch.Tensor], pref
             module._buffers[name] = torch.empty_like(state_dict[key])
 
 
-class EquivariantProbe(nn.Module):
-    """A linear score on pooled block outputs of the trunk, evaluated once per rotation: exactly C_n-equivariant.
-
-    Each tapped block output ``B x (F n) x H x W`` (``F`` regular fields of ``n`` components) is pooled into its mean
-    over the whole map and over each cell of a ``grid x grid`` partition (adaptive average pooling; its cells are
-    symmetric under ``rot90``): :meth:`pooled` gives ``B x F x n x (1 + grid^2)`` per level. A quarter turn of the
-    input turns the maps and shifts every field's components by one, so the pooled features of ``rot90(x, k)`` are
-    ``turn(p, k)``: components rolled by ``k``, grid cells turned by ``k`` (:meth:`turn`). The score of rotation
-    ``g`` is how upright ``rot90(x, -g)`` looks, ``weight . turn(p, -g)`` (a bias would be common to all ``n`` and
-    change no decision); so scores roll with the input, ``score(rot90(x, k)) = roll(score(x), k)``, like the head's
-    activations.
-
-    ``weight`` (``D``, over the flattened levels) is fitted by :func:`canon.train.fit_probe` with the trunk frozen;
-    it is empty until loaded or fitted.
-    """
-
-    def __init__(self, levels: tuple[int, ...], fields: tuple[int, ...], grid: int = 3, group_order: int = 4):
-        super().__init__()
-        if grid < 1:
-            raise ValueError(f"probe grid must be at least 1, got {grid}")
-        self.levels, self.fields, self.grid, self.group_order = levels, fields, grid, group_order
-        self.register_buffer("weight", torch.zeros(0))
-
-    @property
-    def num_features(self) -> int:
-        return sum(self.fields) * self.group_order * (1 + self.grid ** 2)
-
-    def pooled(self, tapped: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Tapped ``B x (F n) x H x W`` maps -> their means ``B x F x n x (1 + grid^2)`` (float32): over the whole
-        map first, then over the grid cells in row-major order."""
-        out = []
-        for h, fields in zip(tapped, self.fields):
-            h = h.float()
-            means = torch.cat([F.adaptive_avg_pool2d(h, 1).flatten(2), F.adaptive_avg_pool2d(h, self.grid).flatten(2)],
-                              dim=2)
-            out.append(means.reshape(len(h), fields, self.group_order, -1))
-        return out
-
-    def turn(self, pooled: list[torch.Tensor], k: int) -> torch.Tensor:
-        """Pooled features of ``x`` -> the flattened ``B x D`` features of ``rot90(x, k)`` (an exact permutation)."""
-        flat = []
-        for p in pooled:
-            p = p.roll(k, dims=2)
-            cells = torch.rot90(p[..., 1:].unflatten(-1, (self.grid, self.grid)), k, dims=(-2, -1)).flatten(-2)
-            flat.append(torch.cat([p[..., :1], cells], dim=-1).flatten(1))
-        return torch.cat(flat, dim=1)
-
-    def orbit(self, tapped: list[torch.Tensor]) -> torch.Tensor:
-        """``B x n x D``: row ``g`` holds the features of ``rot90(x, -g)``, the photo with rotation ``g`` undone."""
-        pooled = self.pooled(tapped)
-        return torch.stack([self.turn(pooled, -g) for g in range(self.group_order)], dim=1)
-
-    def forward(self, tapped: list[torch.Tensor]) -> torch.Tensor:
-        """Tapped block outputs (see :meth:`ServingWRN.trunk`) -> ``B x n`` float32 scores."""
-        if self.weight.numel() != self.num_features:
-            raise ValueError(f"the probe has {self.weight.numel()} weights for {self.num_features} features; "
-                             "fit it (canon.train.fit_probe) or load a checkpoint")
-        return self.orbit(tapped) @ self.weight
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        _resize_buffers(self, state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
     """Channels-last copy of a 4-d tensor (filters, feature maps); other tensors as they are. Same values."""
     return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
-def int8_is_native(device: torch.device) -> bool:
-    """Whether :class:`_QuantizedConv` runs on ``device``: a CPU with AVX512-VNNI 8-bit dot products (without them
-    oneDNN's 8-bit arithmetic can saturate; torch 2.14 does not report AVX-VNNI, so those CPUs keep bfloat16 or
-    float32) and a torch built with oneDNN's quantized convolution."""
-    return (device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.cpu._is_vnni_supported()
-            and hasattr(torch.ops.onednn, "qconv2d_pointwise"))
-
-
-class _QuantizedConv:
+class QuantizedConv:
     """A convolution whose multiplications are 8-bit: filters quantized once per output channel (symmetric int8),
     the non-negative input quantized per tensor on each call (uint8, scale ``max / 255``; one scale for a whole
     batch), sums exact in int32, rescaled to floats with the bias added (and a ReLU, if asked) by oneDNN.
@@ -580,7 +559,7 @@ class _QuantizedConv:
         self.input_zero_point = torch.zeros((), dtype=torch.int64)  # uint8 inputs are non-negative: levels from 0
 
     @classmethod
-    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor, padding: int) -> "_QuantizedConv":
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor, padding: int) -> "QuantizedConv":
         """``weight``: ``C_out x C_in x k x k`` float filters, ``bias``: ``C_out``; zero padding on each side."""
         scales = (weight.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(torch.finfo(torch.float32).tiny).float()
         quantized = torch.round(weight / scales[:, None, None, None]).to(torch.int8)

@@ -7,6 +7,7 @@ import numpy as np
 # Colour-blind-safe palette (Okabe & Ito), RGB.
 PALETTE = np.array([(0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (213, 94, 0),
                     (240, 228, 66), (0, 0, 0)], dtype=np.float32)
+PALETTE_NAMES = ("blue", "orange", "green", "pink", "sky blue", "vermilion", "yellow", "black")  # as people say them
 
 
 _MASKS_PER_PASS = 8  # a pass's look-up table has 2 ** 8 covering patterns x 256 values x 3 channels

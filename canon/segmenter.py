@@ -26,10 +26,12 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from . import geometry
 from .attention import bound_attention_memory
-from .canonicalizer import Canonicalization, Canonicalizer, image_digest
+from .canonicalizer import Canonicalization, Canonicalizer
 from .decoder import DecoderImageState, decode_masks, image_state
-from .models import ModelUnavailableError
 from .prompts import Prompts
+from .registry import ModelUnavailableError, resolve_sam_checkpoint
+from .render import mask_iou
+from .runtime import image_digest, pick_device
 
 
 # ------------------------------------------------------------------------------------------------ SAM loading
@@ -110,17 +112,6 @@ def load_sam(path: str | Path) -> Sam:
             f"{Path(path).name} is not a usable SAM checkpoint ({first_line[:160]}): pass a segment-anything "
             f"sam_vit_*.pth file with --sam.") from None
     return sam
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu`` / ``cuda`` as asked (``cuda`` without a GPU is an error)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
 
 
 # -------------------------------------------------------------------------------------------------- results
@@ -252,9 +243,7 @@ class SamBackend:
 
     @classmethod
     def load(cls, name_or_path: str, device: str = "auto", cache_size: int = 16) -> "SamBackend":
-        """Resolve a model name from ``weights/models.json`` or a local ``.pth`` (see :mod:`canon.models`), load it."""
-        from .models import resolve_sam_checkpoint
-
+        """Resolve a model name from the weight registry or a local ``.pth`` (see :mod:`canon.registry`), load it."""
         path = resolve_sam_checkpoint(name_or_path)
         return cls(load_sam(path), name=name_or_path, device=pick_device(device), cache_size=cache_size)
 
@@ -299,7 +288,8 @@ class SamBackend:
                           cached)
 
     def everything(self, image: np.ndarray, points_per_side: int = 16, **generator_options) -> PathResult:
-        """Automatic masks from a grid of ``points_per_side`` squared point prompts, largest first.
+        """Automatic masks from a grid of ``points_per_side`` squared point prompts, best first (SAM's predicted
+        IoU, the larger mask first on a tie), like the prompted masks.
 
         ``generator_options`` go to segment-anything's ``SamAutomaticMaskGenerator`` (thresholds and the like).
         On a CPU the points are decoded one at a time unless ``points_per_batch`` says otherwise: alone, each reuses
@@ -314,7 +304,7 @@ class SamBackend:
             records = generator.generate(image)
             total_ms = (time.perf_counter() - start) * 1000.0
             encoder_ms, cached = self.predictor.last_encoder_ms, self.predictor.last_hit
-        records.sort(key=lambda r: -r["area"])
+        records.sort(key=lambda r: (-r["predicted_iou"], -r["area"]))
         height, width = image.shape[:2]
         masks = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, height, width), bool)
         scores = np.array([r["predicted_iou"] for r in records], dtype=np.float64)
@@ -379,6 +369,4 @@ class EquivariantSegmenter:
 
 def _best_iou(result: PathResult, reference: PathResult) -> float:
     """IoU of the best (first) masks of two results in one frame."""
-    from .render import mask_iou
-
     return mask_iou(result.masks[0], reference.masks[0])

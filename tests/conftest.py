@@ -14,7 +14,7 @@ from canon.segmenter import SamArchitecture, SamBackend, build_sam, load_sam
 
 REPO = Path(__file__).resolve().parents[1]
 UPRIGHT = REPO.parent / "shared" / "data" / "upright"
-PAPER_WEIGHTS = REPO / "weights" / "wrn-c4-paper"
+PAPER_WEIGHTS = REPO / "canon" / "weights" / "wrn-c4-paper"
 
 # A SAM with SAM's prompt encoder and mask decoder and a 2-block, 32-wide image encoder: same code path, random
 # weights, about a second per embedding on a CPU.

@@ -26,12 +26,10 @@ from PIL import Image
 import app
 from app_server import received, serve, standin_models
 from canon import geometry, maskio
-from canon.bench import free_port
-from canon.demo import CLICK_KINDS, MAX_SIDE, Click, ExportFolder, Models, Session, prepare_photo, run
-from canon.models import ModelUnavailableError
-from canon.render import PALETTE
+from benchmarks.app_memory import free_port
+from canon.demo import CLICK_KINDS, Click, ExportFolder, Session, run
+from canon.render import PALETTE, PALETTE_NAMES
 from canon.prompts import MAX_POINTS
-from canon.segmenter import SamBackend
 from conftest import REPO
 
 CAT = REPO / "examples" / "animals_cat.jpg"  # 480 x 640
@@ -78,69 +76,6 @@ def tinted(page_image: np.ndarray, plain: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------- session, models
 
 
-def test_clicks_are_kept_in_the_upright_photo_and_follow_the_turn():
-    photo = np.zeros((4, 6, 3), np.uint8)
-    session = Session().with_photo(photo).rotated_to(90).clicked(1.5, 2.5, "object")
-    # In the view (the photo turned 90 degrees, 6 x 4), (1.5, 2.5) is the photo's (x, y) = (6 - 2.5, 1.5).
-    assert session.clicks == (Click(3.5, 1.5, "object"),)
-    np.testing.assert_allclose(session.prompts().points, [[1.5, 2.5]])
-    np.testing.assert_allclose(session.rotated_to(0).prompts().points, [[3.5, 1.5]])
-    assert session.rotated_to(180).prompts().labels.tolist() == [1]
-
-
-def test_corner_clicks_pair_up_into_a_box():
-    session = Session().with_photo(np.zeros((10, 10, 3), np.uint8)).clicked(7.5, 2.5, "corner")
-    assert not session.has_prompts and session.pending_corner().tolist() == [7.5, 2.5]
-    session = session.clicked(1.5, 8.5, "corner")
-    assert session.has_prompts and session.pending_corner() is None
-    assert session.prompts().box.tolist() == [1.5, 2.5, 7.5, 8.5]
-    session = session.clicked(5.5, 5.5, "corner")  # a third corner starts the next box; the last complete one stays
-    assert session.prompts().box.tolist() == [1.5, 2.5, 7.5, 8.5] and session.pending_corner() is not None
-    assert session.undone().undone().prompts().box is None
-
-
-def test_session_refuses_clicks_off_the_photo_and_too_many_points():
-    session = Session().with_photo(np.zeros((40, 60, 3), np.uint8)).rotated_to(30)
-    with pytest.raises(ValueError, match="corner the tilt left black"):
-        session.clicked(0.5, 0.5, "object")
-    with pytest.raises(ValueError, match="upload a photo first"):
-        Session().clicked(1, 1, "object")
-    crowded = Session(photo=np.zeros((40, 60, 3), np.uint8), clicks=(Click(1, 1, "object"),) * MAX_POINTS)
-    with pytest.raises(ValueError, match=f"at most {MAX_POINTS} points"):
-        crowded.clicked(2, 2, "background")
-
-
-def test_prepare_photo_shrinks_large_photos(tmp_path):
-    path = tmp_path / "wide.png"
-    Image.new("RGB", (2 * MAX_SIDE, MAX_SIDE // 2), (10, 20, 30)).save(path)
-    photo, size = prepare_photo(path)
-    assert photo.shape == (MAX_SIDE // 4, MAX_SIDE, 3) and size == (MAX_SIDE // 2, 2 * MAX_SIDE)
-    cat, size = prepare_photo(CAT)
-    assert size == cat.shape[:2]
-
-
-def test_models_load_sam_once_on_first_use_and_keep_a_bounded_number(paper_canonicalizer, standin_sam_path):
-    models = Models(paper_canonicalizer, {"a": str(standin_sam_path), "b": str(standin_sam_path)}, device="cpu")
-    first = models.sam("a")
-    assert isinstance(first, SamBackend) and models.sam("a") is first
-    models.sam("b")  # max_loaded=1: "a" is dropped
-    assert models.sam("a") is not first
-    with pytest.raises(ModelUnavailableError, match="unknown SAM 'c'"):
-        models.sam("c")
-
-
-def test_models_remember_a_failure_for_a_while(paper_canonicalizer, standin_sam_path, tmp_path):
-    target = tmp_path / "later.pth"
-    models = Models(paper_canonicalizer, {"later": str(target)}, device="cpu", retry_after_s=3600)
-    with pytest.raises(ModelUnavailableError, match="does not exist"):
-        models.sam("later")
-    target.write_bytes(standin_sam_path.read_bytes())
-    with pytest.raises(ModelUnavailableError, match="does not exist"):  # not asked again so soon
-        models.sam("later")
-    models.retry_after_s = 0
-    assert isinstance(models.sam("later"), SamBackend)
-
-
 def test_export_folder_keeps_the_latest_exports_only(models, loaded):
     session = loaded.session.clicked(320.5, 240.5, "object")
     result = run(models, session, "standin").result
@@ -154,7 +89,7 @@ def test_export_folder_keeps_the_latest_exports_only(models, loaded):
 
 
 def test_every_palette_colour_has_a_name():
-    assert len(app.COLOUR_NAMES) == len(PALETTE)
+    assert len(PALETTE_NAMES) == len(PALETTE) == len(set(PALETTE_NAMES))
     assert set(app.CLICK_MODES.values()) == set(CLICK_KINDS)
 
 
@@ -273,7 +208,8 @@ def test_bad_uploads_get_one_sentence(handlers, loaded, tmp_path, name, make, me
 
 
 def test_events_without_a_photo_say_what_to_do(handlers):
-    assert handlers.rotate(None, 90, "standin", True).status == "⚠ Upload a photo first."
+    for angle in (90, 30, 1e9, "left"):  # whatever the angle, the missing photo is what is said
+        assert handlers.rotate(None, angle, "standin", True).status == "⚠ Upload a photo first."
     assert handlers.click(None, OBJECT, "standin", True, select(1, 1)).status == "⚠ Upload a photo first."
     assert handlers.undo(None, "standin", True).status == "⚠ Upload a photo first."
     assert handlers.sweep(None, "standin", True)[1] == "⚠ Upload a photo first."
@@ -335,7 +271,7 @@ def test_help_documents_the_options_and_their_variables():
 @pytest.mark.slow  # a Python process of its own
 def test_app_starts_offline_without_sam(tmp_path):
     """`python app.py` on a machine without the Hub: the canonicalizer answers, SAM says how to get it."""
-    if (REPO / "weights" / "sam_vit_b_01ec64.pth").exists():
+    if (REPO / "canon" / "weights" / "sam_vit_b_01ec64.pth").exists():
         pytest.skip("weights/ holds SAM ViT-B here, so the app is not without SAM")
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), CANON_CACHE_DIR=str(tmp_path / "c"),

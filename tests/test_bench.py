@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from canon.__main__ import main
+from canon.cli import main
 
 pytestmark = pytest.mark.slow  # benchmarks: child processes, ViT-B with random weights
 
@@ -25,11 +25,11 @@ def test_bench_writes_the_figures_and_the_plot(tmp_path, capsys):
 
 def test_bench_refuses_an_unknown_architecture(capsys):
     assert main(["bench", "--sam", "vit_x", "--json", "unused.json"]) == 2
-    assert capsys.readouterr().err.startswith("error: --sam takes one of vit_b")
+    assert capsys.readouterr().err.startswith("error: argument --sam: invalid choice: 'vit_x'")
 
 
 def test_app_peak_memory_serves_a_click_with_vit_b_in_a_child_process():
-    from canon.bench import app_peak_memory
+    from benchmarks.app_memory import app_peak_memory
 
     figures = app_peak_memory("vit_b")
     print(f"app.py with SAM ViT-B, one click on a turned photo: peak RSS {figures['app_peak_rss_mb']:.0f} MB, "

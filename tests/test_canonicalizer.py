@@ -9,7 +9,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from canon import geometry
-from canon.canonicalizer import Canonicalizer, orbit_representative, paper_preprocess, prior_loss, trunk_arithmetic
+import dataclasses
+
+from canon import networks
+from canon.canonicalizer import Canonicalizer, DecisionPolicy, Preprocessing, orbit_representative, prior_loss
+from canon.networks import FLOAT32, Arithmetic
 from canon.images import load_image
 from conftest import REPO, float32_logits
 
@@ -36,8 +40,8 @@ def test_orbit_representative_is_equivariant(image, k):
 def test_preprocessing_commutes_with_rotation(size, k):
     rng = np.random.default_rng(sum(size) + k)
     image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-    base = paper_preprocess(image)
-    rotated = paper_preprocess(geometry.rotate_image(image, k))
+    base = Preprocessing()(image)
+    rotated = Preprocessing()(geometry.rotate_image(image, k))
     assert base.shape == (1, 3, 128, 128)
     assert torch.allclose(rotated, torch.rot90(base, k, dims=(2, 3)), atol=1e-5)
 
@@ -95,8 +99,8 @@ def test_from_pretrained_refuses_an_incomplete_file(paper_canonicalizer, tmp_pat
 
 
 def test_the_paper_model_is_served_in_8_bits_with_float32_decisions(paper_canonicalizer, photo):
-    assert (paper_canonicalizer.precision, paper_canonicalizer.recheck_margin) == ("int8", 1.0)
-    assert paper_canonicalizer.mirror_average  # near-ties get the mirror's look too
+    assert paper_canonicalizer.policy == DecisionPolicy(precision="int8", recheck_margin=1.0, mirror_average=True,
+                                                        mirror_margin=1.0)  # near-ties get the mirror's look too
     image = photo[:, ::-1].copy()
     base = paper_canonicalizer.canonicalize(image)
     assert base.k == int(np.argmax(float32_logits(paper_canonicalizer, image)))
@@ -106,71 +110,102 @@ def test_the_paper_model_is_served_in_8_bits_with_float32_decisions(paper_canoni
         assert np.array_equal(decision.canonical_image, base.canonical_image)
 
 
+def test_settings_are_immutable_and_a_new_policy_starts_with_an_empty_cache(paper_canonicalizer, photo):
+    with pytest.raises(AttributeError):
+        paper_canonicalizer.policy = DecisionPolicy()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        paper_canonicalizer.policy.mirror_margin = 0.0
+    image = photo[::-1, ::-1].copy()
+    mirrored = paper_canonicalizer.with_policy(precision="float32", mirror_margin=float("inf"))
+    first = mirrored.canonicalize(image)
+    plain = mirrored.with_policy(mirror_average=False)
+    assert (plain.policy.mirror_average, plain.policy.mirror_margin) == (False, float("inf"))
+    assert plain.network is mirrored.network and paper_canonicalizer.policy.precision == "int8"  # shared, untouched
+    # Before, a setting changed after a first call kept serving the decision cached under the old one.
+    again = plain.canonicalize(image)
+    assert not again.cached and mirrored.canonicalize(image).cached
+    np.testing.assert_allclose(again.logits, float32_logits(paper_canonicalizer, image), atol=1e-4)
+    assert np.abs(again.logits - first.logits).max() > 1e-3  # first: the mirror's average (every photo a near-tie)
+    smaller = paper_canonicalizer.with_preprocessing(input_size=64)
+    assert smaller.preprocess(image).shape == (1, 3, 64, 64) and smaller.policy == paper_canonicalizer.policy
+
+
+def test_settings_come_from_config_json_sections_and_unknown_ones_are_refused(paper_canonicalizer, tmp_path):
+    paper_canonicalizer.with_policy(precision="bfloat16").save_pretrained(tmp_path)
+    config = (tmp_path / "config.json").read_text()
+    assert '"precision": "bfloat16"' in config and '"input_size": 128' in config
+    assert Canonicalizer.load(str(tmp_path)).policy == dataclasses.replace(paper_canonicalizer.policy,
+                                                                           precision="bfloat16")
+    with pytest.raises(ValueError, match="DecisionPolicy has no setting precison"):
+        Canonicalizer(policy={"precison": "int8"})
+    with pytest.raises(ValueError, match="recheck_margin takes a number from 0 to inf"):
+        DecisionPolicy(recheck_margin=float("nan"))
+    with pytest.raises(ValueError, match="the input size takes 32 to 512 pixels"):
+        Preprocessing(input_size=16)
+
+
+def reduced_arithmetic(precision: str) -> Arithmetic:
+    arithmetic = Arithmetic.served(precision, torch.device("cpu"))
+    if arithmetic.name != precision:
+        pytest.skip(f"this CPU has no native {precision}")
+    return arithmetic
+
+
 @pytest.mark.parametrize("precision", ["bfloat16", "int8"])
 def test_reduced_precision_near_ties_are_decided_in_float32(paper_canonicalizer, photo, precision):
-    reduced = Canonicalizer(precision=precision, recheck_margin=0.0)
-    reduced.load_state_dict(paper_canonicalizer.state_dict())
-    if reduced.served_precision != precision:
-        pytest.skip(f"this CPU has no native {precision}")
+    arithmetic = reduced_arithmetic(precision)
+    reduced = paper_canonicalizer.with_policy(precision=precision, recheck_margin=0.0, mirror_average=False)
     exact = float32_logits(paper_canonicalizer, photo)
-    dtype, int8 = trunk_arithmetic(precision, reduced.device)
     with torch.inference_mode():
         x = reduced.preprocess(photo)
-        first_pass, without_int8 = (reduced.network(x, dtype, flag)[0].double().numpy() for flag in (int8, False))
+        first_pass, without_int8 = (reduced.network(x, a)[0].double().numpy()
+                                    for a in (arithmetic, Arithmetic(arithmetic.dtype)))
+    assert reduced.arithmetic == arithmetic
     assert np.array_equal(reduced.logits(photo), first_pass)  # never rechecked: the first pass's own activations
     assert not np.array_equal(first_pass, exact)
-    assert int8 == (precision == "int8") and int8 != np.array_equal(first_pass, without_int8)
+    assert arithmetic.int8 == (precision == "int8") and arithmetic.int8 != np.array_equal(first_pass, without_int8)
     np.testing.assert_allclose(reduced.logits(photo), exact, atol=0.5)
-    reduced.recheck_margin = float("inf")  # every photo is a near-tie: float32 decides
-    assert np.array_equal(reduced.logits(photo), exact)
+    always = reduced.with_policy(recheck_margin=float("inf"))  # every photo is a near-tie: float32 decides
+    assert np.array_equal(always.logits(photo), exact)
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "int8"])
 def test_near_ties_are_float32_ones_whatever_the_first_pass_says(paper_canonicalizer, photo, precision):
-    reduced = Canonicalizer(precision=precision, recheck_margin=1.0, mirror_average=True)
-    reduced.load_state_dict(paper_canonicalizer.state_dict())
-    if reduced.served_precision != precision:
-        pytest.skip(f"this CPU has no native {precision}")
-    dtype, int8 = trunk_arithmetic(precision, reduced.device)
+    arithmetic = reduced_arithmetic(precision)
     with torch.inference_mode():
-        x = reduced.preprocess(photo)
-        margins = [float(a[0] - a[1]) for a in (torch.topk(reduced.network(x, *arithmetic)[0], 2).values
-                                                for arithmetic in ((dtype, int8), (torch.float32, False)))]
+        x = paper_canonicalizer.preprocess(photo)
+        margins = [float(a[0] - a[1]) for a in (torch.topk(paper_canonicalizer.network(x, each)[0], 2).values
+                                                for each in (arithmetic, FLOAT32))]
     first_pass, exact = margins
     mirror = photo[:, ::-1].copy()
     averaged = (float32_logits(paper_canonicalizer, photo)
                 + float32_logits(paper_canonicalizer, mirror)[[0, 3, 2, 1]]) / 2
     # A near-tie threshold between the two margins: the first pass and float32 disagree on whether this photo is one.
     for threshold in (exact + (first_pass - exact) / 2, exact - (first_pass - exact) / 2):
-        reduced.mirror_margin = threshold
+        reduced = paper_canonicalizer.with_policy(precision=precision, recheck_margin=1.0, mirror_average=True,
+                                                  mirror_margin=threshold)
         expected = averaged if exact < threshold else float32_logits(paper_canonicalizer, photo)
         np.testing.assert_allclose(reduced.logits(photo), expected, atol=1e-5)
 
 
 def test_bfloat16_falls_back_to_float32_where_it_would_be_emulated(paper_canonicalizer, photo, monkeypatch):
-    import canon.canonicalizer
-
-    reduced = Canonicalizer(precision="bfloat16", recheck_margin=0.0)
-    reduced.load_state_dict(paper_canonicalizer.state_dict())
-    monkeypatch.setattr(canon.canonicalizer, "bfloat16_is_native", lambda device: False)
-    assert reduced.compute_dtype == torch.float32 and reduced.served_precision == "float32"
+    reduced = paper_canonicalizer.with_policy(precision="bfloat16", recheck_margin=0.0, mirror_average=False)
+    monkeypatch.setattr(networks, "bfloat16_is_native", lambda device: False)
+    assert reduced.arithmetic == FLOAT32 and reduced.arithmetic.name == "float32"
     assert np.array_equal(reduced.logits(photo), float32_logits(paper_canonicalizer, photo))
 
 
 def test_int8_falls_back_to_the_next_precision_where_it_is_not_native(paper_canonicalizer, photo, monkeypatch):
-    import canon.canonicalizer
-
-    quantized, bfloat16 = (Canonicalizer(precision=p, recheck_margin=0.0) for p in ("int8", "bfloat16"))
-    for model in (quantized, bfloat16):
-        model.load_state_dict(paper_canonicalizer.state_dict())
-    monkeypatch.setattr(canon.canonicalizer, "int8_is_native", lambda device: False)
-    assert quantized.served_precision != "int8" and quantized.served_precision == bfloat16.served_precision
+    quantized, bfloat16 = (paper_canonicalizer.with_policy(precision=p, recheck_margin=0.0, mirror_average=False)
+                           for p in ("int8", "bfloat16"))
+    monkeypatch.setattr(networks, "int8_is_native", lambda device: False)
+    assert not quantized.arithmetic.int8 and quantized.arithmetic == bfloat16.arithmetic
     assert np.array_equal(quantized.logits(photo), bfloat16.logits(photo))
 
 
 def test_near_ties_are_decided_with_the_mirror(paper_canonicalizer, photo):
-    averaged = Canonicalizer(mirror_average=True, mirror_margin=float("inf"))  # every photo is a near-tie
-    averaged.load_state_dict(paper_canonicalizer.state_dict())
+    averaged = paper_canonicalizer.with_policy(precision="float32", mirror_average=True,
+                                               mirror_margin=float("inf"))  # every photo is a near-tie
     mirror = photo[:, ::-1].copy()
     turned_back = [0, 3, 2, 1]  # the mirror of the photo turned by j is the mirror turned by -j
     expected = (float32_logits(paper_canonicalizer, photo)
@@ -184,13 +219,13 @@ def test_near_ties_are_decided_with_the_mirror(paper_canonicalizer, photo):
     assert averaged.canonicalize(mirror).k == (-base.k) % 4  # and the mirrored photo gets the mirrored decision
     for k in range(4):
         assert averaged.canonicalize(geometry.rotate_image(mirror, k)).k == (k - base.k) % 4
-    averaged.mirror_margin = 0.0  # no near-tie: the first pass decides alone
-    assert np.array_equal(averaged.logits(photo), float32_logits(paper_canonicalizer, photo))
+    alone = averaged.with_policy(mirror_margin=0.0)  # no near-tie: the first pass decides alone
+    assert np.array_equal(alone.logits(photo), float32_logits(paper_canonicalizer, photo))
 
 
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision takes one of float32, bfloat16, int8; got 'float16'"):
-        Canonicalizer(precision="float16")
+        Canonicalizer(policy=DecisionPolicy(precision="float16"))
 
 
 def test_the_demos_library_canonicalizes_without_gradio_or_escnn():
@@ -198,7 +233,7 @@ def test_the_demos_library_canonicalizes_without_gradio_or_escnn():
     script = (
         "import sys; import canon.demo; from canon.canonicalizer import Canonicalizer; "
         "from canon.images import load_image; "
-        f"decision = Canonicalizer.load({str(REPO / 'weights' / 'wrn-c4-paper')!r}).canonicalize("
+        f"decision = Canonicalizer.load({str(REPO / 'canon' / 'weights' / 'wrn-c4-paper')!r}).canonicalize("
         f"load_image({str(REPO / 'examples' / 'animals_cat.jpg')!r})); "
         "print(decision.k, sorted(m for m in ('gradio', 'escnn') if m in sys.modules))"
     )

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from canon.__main__ import main
+from canon.cli import main
+from canon.maskio import label_image, masks_from_coco
 from conftest import REPO, UPRIGHT
 
 
@@ -22,11 +23,17 @@ def test_segment_writes_both_results(standin_sam_path, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "canonicalizer: k=" in out and "SAM + canonicalizer: 3 masks" in out
-    for name in ("sam", "canonicalized"):
-        overlay = np.asarray(Image.open(tmp_path / f"{name}_overlay.png"))
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["rotation_deg"] == 90 and set(record) >= {"canonicalizer", "iou", "sam", "canonicalized"}
+    for path, stem in (("sam", "sam_alone"), ("canonicalized", "sam_canonicalized")):
+        overlay = np.asarray(Image.open(tmp_path / f"{stem}_overlay.png"))
         assert overlay.shape == (640, 480, 3)  # the photo turned by 90 degrees
-        saved = np.load(tmp_path / f"{name}_masks.npz")
-        assert saved["masks"].shape == (3, 640, 480) and saved["scores"].shape == (3,)
+        # The mask files are the app's: a label PNG and COCO RLE JSON, read back by canon.maskio.
+        masks, scores = masks_from_coco(json.loads((tmp_path / f"{stem}.json").read_text()))
+        assert masks.shape == (3, 640, 480) and scores.shape == (3,)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"{stem}.png")), label_image(masks))
+        assert record[path]["masks"]["annotations"] == json.loads((tmp_path / f"{stem}.json").read_text())[
+            "annotations"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -81,7 +88,7 @@ def test_evaluate_orientation_writes_the_summary(tmp_path, capsys):
 
 
 def test_evaluate_orientation_on_one_side_of_the_split_at_another_input_size(tmp_path, capsys):
-    from canon.train import split_files
+    from canon.data import split_files
 
     train, validation = split_files(sorted(UPRIGHT.glob("*.jpg")))
     folder = tmp_path / "photos"
@@ -102,13 +109,11 @@ def test_evaluate_orientation_on_one_side_of_the_split_at_another_input_size(tmp
     summary = json.loads((tmp_path / "fold.json").read_text())
     assert summary["n_images"] == 2
     assert summary["model"].endswith("at 64 px in float32, recheck margin inf, mirror average on, mirror margin inf")
-    for option, value in (("--recheck-margin", "-1"), ("--mirror-margin", "nan")):
+    for option, value in (("--recheck-margin", "-1"), ("--mirror-margin", "nan"), ("--input-size", "1024")):
         assert main(["evaluate", "orientation", "--images", str(folder), option, value,
                      "--json", str(tmp_path / "other.json")]) == 2
-        assert f"{option} takes a number from 0 to inf" in capsys.readouterr().err
-    assert main(["evaluate", "orientation", "--images", str(folder), "--input-size", "4",
-                 "--json", str(tmp_path / "other.json")]) == 2
-    assert "--input-size takes" in capsys.readouterr().err
+        bounds = "32 to 512" if option == "--input-size" else "0 to inf"
+        assert f"argument {option}: {value} is not from {bounds}" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # python -m canon as a process of its own

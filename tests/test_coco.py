@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from canon.__main__ import main
+from canon.cli import main
 from canon.coco import evaluate_coco
 from canon.maskio import encode_rle
 from canon.segmenter import EquivariantSegmenter

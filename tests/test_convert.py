@@ -1,9 +1,12 @@
 """The conversion of the paper's published checkpoint (needs the equiadapt wheel that `make setup` fetches)."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from canon.canonicalizer import NetworkSpec
 from canon.convert import convert_paper_checkpoint, read_paper_checkpoint
 from canon.networks import EscnnWRN, ServingWRN
 from conftest import PAPER_WEIGHTS, REPO
@@ -27,9 +30,9 @@ def test_convert_reproduces_the_shipped_weights(paper_state, tmp_path):
 
 
 def test_serving_module_equals_the_escnn_network_on_the_paper_weights(paper_state):
-    escnn_model = EscnnWRN(initialize=False)
+    escnn_model = EscnnWRN(**asdict(NetworkSpec()), initialize=False)
     escnn_model.load_state_dict(paper_state, strict=True)
-    serving = ServingWRN.from_escnn_state(paper_state)
+    serving = ServingWRN.from_escnn_state(paper_state, **asdict(NetworkSpec()))
     torch.manual_seed(0)
     x = torch.rand(2, 3, 128, 128)
     with torch.no_grad():

@@ -3,7 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from canon.networks import EscnnWRN, ServingWRN, _QuantizedConv, all_convs, int8_is_native, layer_plan, stage_ends
+import warnings
+
+from canon import networks
+from canon.networks import (FLOAT32, Arithmetic, CompiledWRN, EscnnWRN, QuantizedConv, ServingWRN, all_convs,
+                            int8_works, layer_plan, stage_ends)
+from canon.runtime import int8_is_native
 
 SMALL = dict(kernel_size=3, out_channels=16, num_layers=3, group_order=4)
 
@@ -83,11 +88,14 @@ def test_bfloat16_trunk_stays_close_to_float32():
     x = torch.rand(2, 3, 40, 40)
     with torch.no_grad():
         exact = serving(x)
-        reduced = serving(x, torch.bfloat16)
-        assert serving.prepare(torch.bfloat16)["stem"][0].dtype == torch.bfloat16
-        assert serving.prepare(torch.bfloat16)["stem"][0].is_contiguous(memory_format=torch.channels_last)
-        assert serving.prepare(torch.bfloat16)["head"][0].dtype == torch.float32  # the pooled head sums in float32
+        reduced = serving(x, Arithmetic(torch.bfloat16))
+        compiled = serving.compiled(Arithmetic(torch.bfloat16))
+        assert isinstance(compiled, CompiledWRN) and isinstance(compiled, torch.nn.Module)
+        assert compiled.layers["stem"][0].dtype == torch.bfloat16
+        assert compiled.layers["stem"][0].is_contiguous(memory_format=torch.channels_last)
+        assert compiled.head[0].dtype == torch.float32  # the pooled head sums in float32
         assert torch.equal(serving(x), exact)  # the float32 filters are kept beside the bfloat16 ones
+        assert torch.equal(compiled(x), reduced)  # the compiled form is the network, on its own
     assert reduced.dtype == torch.float32
     assert not torch.equal(reduced, exact)
     assert torch.allclose(reduced, exact, atol=0.05 * exact.abs().max().item()), (reduced - exact).abs().max()
@@ -103,7 +111,7 @@ def test_int8_convolution_is_the_float_convolution_of_its_quantized_operands(pad
     weight, bias = torch.randn(8, 6, 5, 5), torch.randn(8)
     weight[3] = 0  # a channel of zero filters must not divide by zero
     x = torch.rand(2, 6, 12, 12).contiguous(memory_format=torch.channels_last) * 3
-    conv = _QuantizedConv.from_float(weight, bias, padding)
+    conv = QuantizedConv.from_float(weight, bias, padding)
     x_before = x.clone()
     out = conv(x.to(dtype), relu, dtype)  # the same tensor in float32
     assert out.dtype == dtype and out.shape == (2, 8, 12 - 4 + 2 * padding, 12 - 4 + 2 * padding)
@@ -134,69 +142,65 @@ def test_int8_trunk_stays_close_to_float32(dtype):
     x = torch.rand(2, 3, 40, 40)
     with torch.no_grad():
         exact = serving(x)
-        reduced = serving(x, dtype, int8=True)
-        assert isinstance(serving.prepare(dtype, int8=True)["stem"], _QuantizedConv)
+        reduced = serving(x, Arithmetic(dtype, int8=True))
+        assert isinstance(serving.compiled(Arithmetic(dtype, int8=True)).layers["stem"], QuantizedConv)
         assert torch.equal(serving(x), exact)  # the float32 filters are kept beside the 8-bit ones
-        assert not torch.equal(reduced, serving(x, dtype))
+        assert not torch.equal(reduced, serving(x, Arithmetic(dtype)))
         with pytest.raises(ValueError, match="non-negative inputs"):
-            serving(x - 0.5, dtype, int8=True)  # a normalised image would wrap around in uint8
+            serving(x - 0.5, Arithmetic(dtype, int8=True))  # a normalised image would wrap around in uint8
     assert reduced.dtype == torch.float32
     assert not torch.equal(reduced, exact)
     assert torch.allclose(reduced, exact, atol=0.05 * exact.abs().max().item()), (reduced - exact).abs().max()
 
 
-def probed_serving(levels=(0, 1), grid=3, seed=0) -> ServingWRN:
-    """The small randomised network with an equivariant probe on ``levels`` and random probe weights."""
-    serving = ServingWRN(**SMALL, probe_levels=levels, probe_grid=grid)
-    state = ServingWRN.from_escnn_state(randomised_escnn(seed).state_dict(), **SMALL).state_dict()
-    state["probe.weight"] = torch.randn(serving.probe.num_features, generator=torch.Generator().manual_seed(seed))
-    serving.load_state_dict(state, strict=True)
-    return serving.eval()
-
-
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_probe_turn_gives_the_pooled_features_of_the_turned_input(k):
-    serving = probed_serving()
-    x = torch.rand(1, 3, 41, 41)
+def test_the_compiled_form_is_made_once_per_arithmetic_and_again_after_a_load():
+    serving = ServingWRN.from_escnn_state(randomised_escnn().state_dict(), **SMALL)
+    x = torch.rand(1, 3, 33, 33)
     with torch.no_grad():
-        _, tapped = serving.trunk(x, taps=serving.probe.levels)
-        _, tapped_turned = serving.trunk(torch.rot90(x, k, dims=(2, 3)), taps=serving.probe.levels)
-        probe = serving.probe
-        expected = torch.cat([p.flatten(1) for p in probe.pooled(tapped_turned)], dim=1)
-        turned = probe.turn(probe.pooled(tapped), k)
-    assert not torch.allclose(turned, probe.turn(probe.pooled(tapped), 0), atol=1e-3)  # turning changes them
-    torch.testing.assert_close(turned, expected, atol=1e-5, rtol=1e-5)
+        first = serving.compiled(FLOAT32)
+        assert serving.compiled(Arithmetic()) is first  # one value names the arithmetic: equal values, one form
+        before = serving(x)
+        serving.load_state_dict(ServingWRN.from_escnn_state(randomised_escnn(seed=1).state_dict(),
+                                                            **SMALL).state_dict())
+        assert serving.compiled(FLOAT32) is not first and not torch.equal(serving(x), before)
 
 
-def test_probe_turn_is_a_permutation_of_order_four():
-    probe = probed_serving().probe
-    pooled = [torch.randn(2, f, 4, 1 + 9) for f in probe.fields]
-    flat = probe.turn(pooled, 0)
-    assert torch.equal(flat, torch.cat([p.flatten(1) for p in pooled], dim=1))
-    once = probe.turn(pooled, 1)
-    assert torch.equal(once.sort(dim=1).values, flat.sort(dim=1).values) and not torch.equal(once, flat)
-    back = [p.reshape(2, f, 4, 10) for p, f in zip(once.split([f * 40 for f in probe.fields], dim=1), probe.fields)]
-    assert torch.equal(probe.turn(back, 3), flat)
+def test_arithmetic_names_what_serves_and_falls_back_where_the_device_lacks_it(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(networks, "bfloat16_is_native", lambda device: False)
+    monkeypatch.setattr(networks, "int8_is_native", lambda device: False)
+    assert [Arithmetic.served(p, cpu).name for p in ("float32", "bfloat16", "int8")] == ["float32"] * 3
+    monkeypatch.setattr(networks, "bfloat16_is_native", lambda device: True)
+    assert [Arithmetic.served(p, cpu).name for p in ("float32", "bfloat16", "int8")] == ["float32", "bfloat16",
+                                                                                        "bfloat16"]
+    monkeypatch.setattr(networks, "int8_is_native", lambda device: True)
+    monkeypatch.setattr(networks, "int8_works", lambda: True)
+    assert Arithmetic.served("int8", cpu) == Arithmetic(torch.bfloat16, int8=True)
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_probe_scores_roll_with_rotation(k):
-    serving = probed_serving()
-    x = torch.rand(2, 3, 41, 41)
-    with torch.no_grad():
-        base, rotated = serving(x), serving(torch.rot90(x, k, dims=(2, 3)))
-        head = ServingWRN.from_escnn_state(randomised_escnn().state_dict(), **SMALL)(x)
-    assert base.shape == (2, 4) and not torch.allclose(base, head)  # the probe, not the head, scores
-    torch.testing.assert_close(rotated, torch.roll(base, k, dims=1), atol=1e-4, rtol=1e-4)
+@pytest.mark.parametrize("failure", ["raises", "disagrees"])
+def test_the_int8_self_test_turns_8_bit_convolutions_off_when_the_private_operators_misbehave(failure,
+                                                                                             monkeypatch):
+    def misbehaving(self, x, relu, dtype):
+        if failure == "raises":
+            raise RuntimeError("onednn::qconv2d_pointwise is not available on this build")
+        return torch.zeros(1, 8, 10, 10)
+
+    monkeypatch.setattr(QuantizedConv, "from_float", classmethod(lambda cls, w, b, p: cls(None, w, b, p)))
+    monkeypatch.setattr(QuantizedConv, "__call__", misbehaving)
+    int8_works.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="8-bit convolutions are turned off"):
+            assert int8_works() is False
+        monkeypatch.setattr(networks, "int8_is_native", lambda device: True)
+        assert not Arithmetic.served("int8", torch.device("cpu")).int8  # bfloat16 or float32 serves instead
+    finally:
+        int8_works.cache_clear()
 
 
-def test_probe_refuses_levels_it_cannot_tap_and_scoring_without_weights():
-    with pytest.raises(ValueError, match="probe levels are block indices in 0..1"):
-        ServingWRN(**SMALL, probe_levels=(2,))
-    with pytest.raises(ValueError, match="probe grid"):
-        ServingWRN(**SMALL, probe_levels=(1,), probe_grid=0)
-    unfitted = ServingWRN(**SMALL, probe_levels=(1,))
-    unfitted.load_state_dict({k: v for k, v in probed_serving(levels=(1,)).state_dict().items()
-                              if k != "probe.weight"}, strict=False)
-    with pytest.raises(ValueError, match="fit it"):
-        unfitted.eval()(torch.rand(1, 3, 33, 33))
+@needs_int8
+def test_the_int8_self_test_passes_where_8_bit_convolutions_are_native():
+    int8_works.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert int8_works()

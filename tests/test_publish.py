@@ -16,13 +16,13 @@ import pytest
 import torch
 from huggingface_hub import hf_hub_download
 
-from canon import models
-from canon.__main__ import main
+from canon import registry
+from canon.cli import main
 from canon.canonicalizer import Canonicalizer
 from tests.hub_server import TOKEN, git_blob_sha1, hub  # noqa: F401 (hub is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
-PAPER = ROOT / "weights" / "wrn-c4-paper"
+PAPER = ROOT / "canon" / "weights" / "wrn-c4-paper"
 REPO_ID = "deployer/canonicalizer-wrn-c4"
 EXPECTED_REQUESTS = [
     ("POST", "/api/repos/create"),
@@ -35,7 +35,7 @@ EXPECTED_REQUESTS = [
 @pytest.fixture(autouse=True)
 def no_redirect(monkeypatch):
     """The machine's CANON_CANONICALIZER_* must not send ``wrn-c4-paper`` elsewhere."""
-    for name in (models.ENV_CANONICALIZER_REPO, models.ENV_CANONICALIZER_REVISION):
+    for name in (registry.ENV_CANONICALIZER_REPO, registry.ENV_CANONICALIZER_REVISION):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -49,7 +49,7 @@ def empty_weights(monkeypatch, tmp_path) -> Path:
     """From here on, a deployment without weights/: the canonicalizer can only come from the Hub."""
     weights = tmp_path / "weights"
     weights.mkdir()
-    monkeypatch.setattr(models, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", weights)
     return weights
 
 
@@ -158,11 +158,11 @@ def test_the_app_loads_the_published_canonicalizer(hub, token, capsys, monkeypat
     expected = paper_canonicalizer.logits(image)
 
     # As a deployer does it: weights/ is empty, the environment names the repo (and, here, pins the commit).
-    monkeypatch.setenv(models.ENV_CANONICALIZER_REPO, REPO_ID)
-    monkeypatch.setenv(models.ENV_CANONICALIZER_REVISION, sha)
-    folder = models.resolve_canonicalizer_dir(models.default_canonicalizer())
+    monkeypatch.setenv(registry.ENV_CANONICALIZER_REPO, REPO_ID)
+    monkeypatch.setenv(registry.ENV_CANONICALIZER_REVISION, sha)
+    folder = registry.resolve_canonicalizer_dir(registry.default_canonicalizer())
     assert folder.name == sha and weights not in folder.parents
-    for name in models.CANONICALIZER_FILES:
+    for name in registry.CANONICALIZER_FILES:
         assert (folder / name).read_bytes() == (PAPER / name).read_bytes()
     from_env = Canonicalizer.load(None)
     np.testing.assert_array_equal(from_env.logits(image), expected)
@@ -170,8 +170,8 @@ def test_the_app_loads_the_published_canonicalizer(hub, token, capsys, monkeypat
 
     # As a caller does it: the repo as an argument (branch main). Same weights, so the same logits: one network pass
     # (seconds on a busy CPU) is spared.
-    monkeypatch.delenv(models.ENV_CANONICALIZER_REPO)
-    monkeypatch.delenv(models.ENV_CANONICALIZER_REVISION)
+    monkeypatch.delenv(registry.ENV_CANONICALIZER_REPO)
+    monkeypatch.delenv(registry.ENV_CANONICALIZER_REVISION)
     assert_same_weights(Canonicalizer.load(None, repo_id=REPO_ID), paper_canonicalizer)
 
 
@@ -180,10 +180,10 @@ def test_a_private_repo_needs_the_token_to_load(hub, token, capsys, monkeypatch,
     empty_weights(monkeypatch, tmp_path)
     assert hub.repos[REPO_ID] == {"private": True}
     monkeypatch.delenv("HF_TOKEN")
-    with pytest.raises(models.ModelUnavailableError, match=f"the Hub has no repo {REPO_ID} \\(or it is private"):
-        models.resolve_canonicalizer_dir(models.default_canonicalizer(), repo_id=REPO_ID)
+    with pytest.raises(registry.ModelUnavailableError, match=f"the Hub has no repo {REPO_ID} \\(or it is private"):
+        registry.resolve_canonicalizer_dir(registry.default_canonicalizer(), repo_id=REPO_ID)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    folder = models.resolve_canonicalizer_dir(models.default_canonicalizer(), repo_id=REPO_ID)
+    folder = registry.resolve_canonicalizer_dir(registry.default_canonicalizer(), repo_id=REPO_ID)
     assert (folder / "model.safetensors").read_bytes() == (PAPER / "model.safetensors").read_bytes()
 
 
@@ -281,8 +281,8 @@ def test_stand_in_checks_what_it_is_sent(hub):
 def test_publish_reads_the_local_folder_even_when_a_hub_override_is_set(monkeypatch, capsys):
     """A deployer who already points the app at a Hub repo must still publish the local weights/ folder; an unknown
     name is refused before any request."""
-    from canon.__main__ import main
+    from canon.cli import main
 
     monkeypatch.setenv("CANON_CANONICALIZER_REPO", "someone/elsewhere")
     assert main(["publish", "no-such-model", "--repo-id", "deployer/x"]) == 2
-    assert "neither a model folder nor a name in weights/" in capsys.readouterr().err
+    assert "neither a model folder nor a name in canon/weights/" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from PIL import Image
 
 import app
 from app_server import serve, standin_models
-from canon.bench import free_port
+from benchmarks.app_memory import free_port
 from canon import maskio
 from canon.images import MAX_FILE_BYTES, UPLOAD_REFUSAL
 from conftest import REPO
@@ -137,9 +137,9 @@ def _strings(value):
     "gradio_api/file=" + urllib.parse.quote("../../../../../../etc/passwd"),
     "gradio_api/file=%2Fetc%2Fpasswd",
     f"gradio_api/file={REPO / 'app.py'}",
-    f"gradio_api/file={REPO / 'weights' / 'models.json'}",
+    f"gradio_api/file={REPO / 'canon' / 'weights' / 'models.json'}",
     "gradio_api/file=app.py",
-    "gradio_api/file=weights/models.json",
+    "gradio_api/file=canon/weights/models.json",
     f"gradio_api/file={CAT}",  # the example as it lies in the repository: served only from Gradio's cache
 ])
 def test_no_file_outside_the_apps_folders_is_served(url, path):

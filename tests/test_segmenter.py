@@ -6,10 +6,10 @@ from hypothesis import strategies as st
 
 from canon import geometry
 from canon.images import load_image
-from canon.models import ModelUnavailableError
+from canon.registry import ModelUnavailableError
 from canon.render import mask_iou
 from canon.prompts import Prompts
-from canon.segmenter import (SAM_ARCHITECTURES, EquivariantSegmenter, SamBackend, build_sam,
+from canon.segmenter import (SAM_ARCHITECTURES, EquivariantSegmenter, build_sam,
                              infer_architecture, load_sam)
 
 
@@ -105,6 +105,8 @@ def test_segment_everything_is_exactly_equivariant(segmenter, photo):
     rotated = segmenter.segment_everything(geometry.rotate_image(photo, 1), **options)
     assert len(base.canonicalized.masks) > 0
     assert np.array_equal(rotated.canonicalized.masks, geometry.rotate_masks(base.canonicalized.masks, 1))
+    for result in (base.sam, base.canonicalized):  # best first, as the legend and the mask files say
+        assert list(result.scores) == sorted(result.scores, reverse=True)
 
 
 def test_segment_everything_one_point_at_a_time_matches_sams_batches(standin_backend, photo):

@@ -1,9 +1,9 @@
-"""Model registry (``weights/models.json``) and resolution of a model name to verified files on this machine.
+"""Model registry (``canon/weights/models.json``) and resolution of a model name to verified files on this machine.
 
 A SAM checkpoint or a canonicalizer folder is looked for, in order:
 
 1. at an explicit local path, used as is (the user chose it, so no checksum);
-2. in ``weights/`` (SAM: ``weights/<file name>``; canonicalizer: ``weights/<local_dir>/``);
+2. in ``canon/weights/`` (SAM: ``canon/weights/<file name>``; canonicalizer: ``canon/weights/<local_dir>/``);
 3. in the Hugging Face cache;
 4. on the Hugging Face Hub.
 
@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx2
 from huggingface_hub import constants as hf_constants
-from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
     FileMetadataError,
     HfHubHTTPError,
@@ -44,9 +44,11 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from .runtime import sha256_file
+
 log = logging.getLogger(__name__)
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 REGISTRY_PATH = WEIGHTS_DIR / "models.json"
 CANONICALIZER_FILES = ("config.json", "model.safetensors")
 # Seconds one Hub request may take. huggingface_hub alone retries an unreachable Hub for 23 s (5 back-offs), and up
@@ -88,7 +90,7 @@ class SamSpec:
 
 @dataclass(frozen=True)
 class CanonicalizerSpec:
-    """A canonicalizer folder (``config.json`` + ``model.safetensors``), shipped in ``weights/<local_dir>`` and/or
+    """A canonicalizer folder (``config.json`` + ``model.safetensors``), shipped in ``canon/weights/<local_dir>`` and/or
     published in a Hub repo; ``files`` maps a file name to its pinned ``{"sha256", "size"}``."""
 
     name: str
@@ -102,7 +104,7 @@ class CanonicalizerSpec:
 
 
 def load_registry(path: str | os.PathLike | None = None) -> dict:
-    """The parsed registry: ``weights/models.json``, or the file at ``path``."""
+    """The parsed registry: ``canon/weights/models.json``, or the file at ``path``."""
     with open(path or REGISTRY_PATH, encoding="utf-8") as f:
         return json.load(f)
 
@@ -136,7 +138,7 @@ def sam_spec(name: str, *, registry: Registry = None) -> SamSpec:
     models = _registry(registry)["sam"]
     if name not in models:
         raise ModelUnavailableError(
-            f"Unknown SAM model {name!r}: choose one of {', '.join(models)} (weights/models.json)"
+            f"Unknown SAM model {name!r}: choose one of {', '.join(models)} (canon/weights/models.json)"
             " or pass the path of a SAM .pth checkpoint."
         )
     return SamSpec(name=name, **models[name])
@@ -156,7 +158,7 @@ def canonicalizer_spec(
     models = reg["canonicalizers"]
     if name not in models:
         raise ModelUnavailableError(
-            f"Unknown canonicalizer {name!r}: choose one of {', '.join(models)} (weights/models.json)"
+            f"Unknown canonicalizer {name!r}: choose one of {', '.join(models)} (canon/weights/models.json)"
             " or pass a folder holding config.json and model.safetensors."
         )
     spec = CanonicalizerSpec(name=name, **models[name])
@@ -254,7 +256,7 @@ def resolve_canonicalizer_dir(
             return local
     if spec.repo_id is None:
         raise ModelUnavailableError(
-            f"{label} is not on this machine and weights/models.json names no Hub repo for it: {hint},"
+            f"{label} is not on this machine and canon/weights/models.json names no Hub repo for it: {hint},"
             f" or set {ENV_CANONICALIZER_REPO} to a Hub repo that holds them."
         )
     pins = {name: spec.files.get(name, {}) for name in CANONICALIZER_FILES}
@@ -382,8 +384,8 @@ def _fetch(label: str, hint: str, repo_id: str, filename: str, revision: str, sh
         if sha256 and len(etag) == 64 and etag != sha256.lower():
             raise ModelUnavailableError(
                 f"{label} cannot be used because {filename} at revision {revision!r} of {repo_id} has sha256"
-                f" {etag[:12]}…, not the {sha256[:12]}… pinned in weights/models.json: pin the revision that"
-                f" matches in weights/models.json, or {hint}."
+                f" {etag[:12]}…, not the {sha256[:12]}… pinned in canon/weights/models.json: pin the revision that"
+                f" matches in canon/weights/models.json, or {hint}."
             )
         return Path(
             hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, etag_timeout=timeout)
@@ -398,12 +400,12 @@ def _hub_error(
     """One sentence saying why the Hub could not deliver the file, and what to do about it."""
     hub = hf_constants.ENDPOINT
     if isinstance(exc, RevisionNotFoundError):
-        why = f"the Hub repo {repo_id} has no revision {revision!r}: fix the revision in weights/models.json"
+        why = f"the Hub repo {repo_id} has no revision {revision!r}: fix the revision in canon/weights/models.json"
     elif isinstance(exc, RemoteEntryNotFoundError):
-        why = f"the Hub repo {repo_id} has no file {filename} at revision {revision!r}: fix weights/models.json"
+        why = f"the Hub repo {repo_id} has no file {filename} at revision {revision!r}: fix canon/weights/models.json"
     elif isinstance(exc, RepositoryNotFoundError):
         why = (
-            f"the Hub has no repo {repo_id} (or it is private or gated): fix weights/models.json,"
+            f"the Hub has no repo {repo_id} (or it is private or gated): fix canon/weights/models.json,"
             " log in with `hf auth login`"
         )
     elif isinstance(exc, HfHubHTTPError):
@@ -439,21 +441,12 @@ def _first_line(exc: BaseException) -> str:
 # --- verification --------------------------------------------------------------------------------------------------
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_local(label: str, path: Path, pin: Mapping, flag: str) -> None:
-    """Verify a file in weights/; a mismatch is the user's file, so it is reported, never deleted."""
+    """Verify a file in canon/weights/; a mismatch is the user's file, so it is reported, never deleted."""
     reason = _mismatch(path, pin.get("sha256"), pin.get("size"))
     if reason is not None:
         raise ModelUnavailableError(
-            f"{label} cannot be used because {path} does not match weights/models.json ({reason}):"
+            f"{label} cannot be used because {path} does not match canon/weights/models.json ({reason}):"
             f" replace or delete it, or pass {flag} to use it unchecked."
         )
 
@@ -525,3 +518,27 @@ def _write_stamp(stamp_path: Path, stamp: dict) -> None:
         os.replace(tmp, stamp_path)  # atomic: a concurrent run reads the old stamp or the new one, never half
     except OSError as exc:
         log.warning("cannot write checksum stamp %s (%s): %s will be hashed again", stamp_path, exc, stamp["path"])
+
+
+class PublishError(RuntimeError):
+    """Publishing failed; the message says why and what to do, in one sentence."""
+
+
+def publish_canonicalizer(name_or_folder: str, repo_id: str, private: bool = False) -> tuple[Path, str]:
+    """Push a canonicalizer folder (a name in :data:`WEIGHTS_DIR` or a local folder with ``config.json`` and
+    ``model.safetensors``, its model card included) to the Hub repo ``repo_id``; returns the folder and the commit.
+    Reads local files only: a Hub override in the environment must not redirect the source."""
+    folder = Path(name_or_folder) if Path(name_or_folder).is_dir() else WEIGHTS_DIR / name_or_folder
+    if not all((folder / name).is_file() for name in CANONICALIZER_FILES):
+        raise PublishError(f"{name_or_folder} is neither a model folder nor a name in canon/weights/ (config.json "
+                           f"and model.safetensors are needed)")
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                                   commit_message=f"Upload canonicalizer {name_or_folder}")
+    except Exception as error:  # network, auth and Hub errors come in many types; all end the same way here
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise PublishError(f"publishing to {repo_id} failed ({reason}); log in with `hf auth login` or set "
+                           f"HF_TOKEN, and check the network") from None
+    return folder, str(commit)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import try_to_load_from_cache
 
-from canon import models
-from canon.models import ModelUnavailableError, resolve_canonicalizer_dir, resolve_sam_checkpoint
+from canon import registry
+from canon.registry import ModelUnavailableError, resolve_canonicalizer_dir, resolve_sam_checkpoint
 from tests.hub_server import HubServer, hub  # noqa: F401 (hub is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,28 +32,28 @@ def empty_weights(monkeypatch, tmp_path):
     """An empty weights/ folder, so that files shipped in the project never stand in for a download."""
     weights = tmp_path / "weights"
     weights.mkdir()
-    monkeypatch.setattr(models, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", weights)
     return weights
 
 
 @pytest.fixture
 def hashes(monkeypatch):
-    """Records every file models.sha256_file hashes."""
+    """Records every file registry.sha256_file hashes."""
     seen: list[str] = []
-    real = models.sha256_file
+    real = registry.sha256_file
 
     def counting(path):
         seen.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(models, "sha256_file", counting)
+    monkeypatch.setattr(registry, "sha256_file", counting)
     return seen
 
 
-def stand_in(hub: HubServer) -> models.SamSpec:
+def stand_in(hub: HubServer) -> registry.SamSpec:
     """Serve the stand-in bytes as SAM ViT-B and return the vit_b spec pinned to them."""
     digest = hub.add(SAM_REPO, SAM_FILE, STAND_IN)
-    return dataclasses.replace(models.sam_spec("vit_b"), sha256=digest, size=len(STAND_IN))
+    return dataclasses.replace(registry.sam_spec("vit_b"), sha256=digest, size=len(STAND_IN))
 
 
 def fails(call, *args, **kwargs) -> str:
@@ -77,24 +77,24 @@ def blobs() -> list[Path]:
 
 
 def test_registry_pins_the_three_sam_checkpoints():
-    registry = models.load_registry()
-    assert models.sam_names() == ["vit_b", "vit_l", "vit_h"] == list(registry["sam"])
-    assert models.default_sam() == "vit_b"
-    assert models.default_canonicalizer() in models.canonicalizer_names()
-    pinned = {name: models.sam_spec(name).sha256 for name in models.sam_names()}
+    table = registry.load_registry()
+    assert registry.sam_names() == ["vit_b", "vit_l", "vit_h"] == list(table["sam"])
+    assert registry.default_sam() == "vit_b"
+    assert registry.default_canonicalizer() in registry.canonicalizer_names()
+    pinned = {name: registry.sam_spec(name).sha256 for name in registry.sam_names()}
     assert pinned == {
         "vit_b": "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
         "vit_l": "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
         "vit_h": "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
     }
-    vit_b = models.sam_spec("vit_b")
+    vit_b = registry.sam_spec("vit_b")
     assert (vit_b.repo_id, vit_b.filename, vit_b.revision, vit_b.size) == (SAM_REPO, SAM_FILE, "main", 375042383)
-    assert models.sam_spec("vit_h").size is None
-    assert models.REGISTRY_PATH == ROOT / "weights" / "models.json"
+    assert registry.sam_spec("vit_h").size is None
+    assert registry.REGISTRY_PATH == ROOT / "canon" / "weights" / "models.json"
 
 
 def test_unknown_names_list_the_known_ones():
-    assert "'vit_x'" in fails(models.sam_spec, "vit_x")
+    assert "'vit_x'" in fails(registry.sam_spec, "vit_x")
     assert "vit_b, vit_l, vit_h" in fails(resolve_sam_checkpoint, "vit_x")
     assert "wrn-c4-paper" in fails(resolve_canonicalizer_dir, "nope")
 
@@ -107,7 +107,7 @@ def test_local_paths_are_used_as_is(hub, tmp_path, hashes):
     checkpoint.write_bytes(b"not checked")
     folder = tmp_path / "my_canonicalizer"
     folder.mkdir()
-    for name in models.CANONICALIZER_FILES:
+    for name in registry.CANONICALIZER_FILES:
         (folder / name).write_bytes(b"{}")
     assert resolve_sam_checkpoint(str(checkpoint)) == checkpoint
     assert resolve_sam_checkpoint(checkpoint) == checkpoint
@@ -131,7 +131,7 @@ def test_weights_dir_comes_before_the_hub(hub, empty_weights):
     assert resolve_sam_checkpoint(spec) == shipped
     shipped.write_bytes(STAND_IN[::-1])  # same size, other bytes
     message = fails(resolve_sam_checkpoint, spec)
-    assert "does not match weights/models.json" in message and f"--sam {shipped}" in message
+    assert "does not match canon/weights/models.json" in message and f"--sam {shipped}" in message
     assert shipped.exists(), "a user's file is reported, never deleted"
     assert hub.requests == []
 
@@ -149,10 +149,10 @@ def test_download_is_verified_and_cached(hub, hashes):
 
 
 def test_a_registry_file_can_name_the_stand_in(hub, tmp_path):
-    registry = models.load_registry()
-    registry["sam"]["vit_b"].update(sha256=hub.add(SAM_REPO, SAM_FILE, STAND_IN), size=len(STAND_IN))
+    table = registry.load_registry()
+    table["sam"]["vit_b"].update(sha256=hub.add(SAM_REPO, SAM_FILE, STAND_IN), size=len(STAND_IN))
     path = tmp_path / "models.json"
-    path.write_text(json.dumps(registry))
+    path.write_text(json.dumps(table))
     assert resolve_sam_checkpoint("vit_b", registry=path).read_bytes() == STAND_IN
 
 
@@ -180,7 +180,7 @@ def test_cache_corrupted_later_is_removed(hub):
 def test_hub_file_that_differs_from_the_pin_is_not_downloaded(hub):
     spec = dataclasses.replace(stand_in(hub), sha256="0" * 64)
     message = fails(resolve_sam_checkpoint, spec)
-    assert "not the 000000000000… pinned in weights/models.json" in message
+    assert "not the 000000000000… pinned in canon/weights/models.json" in message
     assert [method for method, _ in hub.requests] == ["HEAD"]
 
 
@@ -209,7 +209,7 @@ def test_offline_fresh_process_fails_fast(hub, tmp_path):
     """HF_HUB_OFFLINE set before huggingface_hub is imported, as a user would set it."""
     script = (
         "import time\n"
-        "from canon.models import resolve_sam_checkpoint, ModelUnavailableError\n"
+        "from canon.registry import resolve_sam_checkpoint, ModelUnavailableError\n"
         "start = time.perf_counter()\n"
         "try:\n"
         "    resolve_sam_checkpoint('vit_b')\n"
@@ -232,9 +232,9 @@ def test_hf_endpoint_in_a_fresh_process(hub, tmp_path):
     spec = stand_in(hub)
     script = (
         "import dataclasses, sys\n"
-        "from canon import models\n"
-        "spec = dataclasses.replace(models.sam_spec('vit_b'), sha256=sys.argv[1], size=int(sys.argv[2]))\n"
-        "print(models.resolve_sam_checkpoint(spec))\n"
+        "from canon import registry\n"
+        "spec = dataclasses.replace(registry.sam_spec('vit_b'), sha256=sys.argv[1], size=int(sys.argv[2]))\n"
+        "print(registry.resolve_sam_checkpoint(spec))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
@@ -286,7 +286,7 @@ def test_unreachable_hub_fails_fast(hub):
 def test_silent_hub_times_out(hub, monkeypatch):
     spec = stand_in(hub)
     hub.mode = "hang"  # accepts the connection and never answers, as with a Hub behind a firewall that drops
-    monkeypatch.setattr(models, "HUB_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(registry, "HUB_TIMEOUT_S", 0.3)
     start = time.perf_counter()
     message = fails(resolve_sam_checkpoint, spec)
     assert time.perf_counter() - start < 2
@@ -299,27 +299,27 @@ def test_a_trickling_hub_is_bounded_in_total_time_and_downloads_once(hub, monkey
     the download goes on in the background, and a second call waits for it rather than starting another."""
     spec = stand_in(hub)
     hub.mode, hub.trickle_s = "trickle", 0.2
-    monkeypatch.setenv(models.ENV_HUB_DEADLINE, "1.5")
+    monkeypatch.setenv(registry.ENV_HUB_DEADLINE, "1.5")
     start = time.perf_counter()
     message = fails(resolve_sam_checkpoint, spec)
     assert 1.5 <= time.perf_counter() - start < 30  # the whole trickle would take 800 s
     assert "could not be downloaded from ybelkada/segment-anything within 1.5 s" in message
-    assert f"raise {models.ENV_HUB_DEADLINE}" in message
+    assert f"raise {registry.ENV_HUB_DEADLINE}" in message
     with pytest.raises(ModelUnavailableError) as info:
         resolve_sam_checkpoint(spec)
     assert "still being downloaded" in info.value.public and "/" not in info.value.public
     assert sum(method == "GET" for method, _ in hub.requests) == 1  # one download for both calls
     hub.stop()  # ends the trickle; the background download fails and leaves nothing behind in flight
     deadline = time.monotonic() + 10
-    while models._DOWNLOADS and time.monotonic() < deadline:
+    while registry._DOWNLOADS and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not models._DOWNLOADS
+    assert not registry._DOWNLOADS
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "soon", "nan"])
 def test_a_bad_download_deadline_is_one_sentence(hub, monkeypatch, value):
     spec = stand_in(hub)
-    monkeypatch.setenv(models.ENV_HUB_DEADLINE, value)
+    monkeypatch.setenv(registry.ENV_HUB_DEADLINE, value)
     assert "is not a positive number of seconds" in fails(resolve_sam_checkpoint, spec)
 
 
@@ -376,13 +376,13 @@ def serve_canonicalizer(hub: HubServer, repo_id: str) -> dict[str, dict]:
 
 def test_canonicalizer_from_the_hub(hub):
     pins = serve_canonicalizer(hub, "someone/wrn")
-    spec = dataclasses.replace(models.canonicalizer_spec("wrn-c4-paper"), repo_id="someone/wrn", files=pins)
+    spec = dataclasses.replace(registry.canonicalizer_spec("wrn-c4-paper"), repo_id="someone/wrn", files=pins)
     hub.mode = "corrupt"
     assert "was corrupt (config.json has sha256" in fails(resolve_canonicalizer_dir, spec)
     assert blobs() == []
     hub.mode = "ok"
     folder = resolve_canonicalizer_dir(spec)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(models.CANONICALIZER_FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(registry.CANONICALIZER_FILES)
     assert (folder / "model.safetensors").read_bytes() == STAND_IN
 
 
@@ -395,20 +395,20 @@ def test_canonicalizer_repo_override(hub, monkeypatch):
     serve_canonicalizer(hub, "env/wrn")
     serve_canonicalizer(hub, "arg/wrn")
     monkeypatch.setenv("CANON_CANONICALIZER_REPO", "env/wrn")
-    spec = models.canonicalizer_spec("wrn-c4-paper")
+    spec = registry.canonicalizer_spec("wrn-c4-paper")
     assert (spec.repo_id, spec.revision, spec.local_dir, dict(spec.files)) == ("env/wrn", "main", None, {})
     assert resolve_canonicalizer_dir("wrn-c4-paper").parent.parent.name == "models--env--wrn"
     via_arg = resolve_canonicalizer_dir("wrn-c4-paper", repo_id="arg/wrn")
     assert via_arg.parent.parent.name == "models--arg--wrn"
     monkeypatch.setenv("CANON_CANONICALIZER_REVISION", "v2")
-    assert models.canonicalizer_spec("wrn-c4-paper").revision == "v2"
-    assert models.canonicalizer_spec("wrn-c4-paper", repo_id="arg/wrn").revision == "main"
+    assert registry.canonicalizer_spec("wrn-c4-paper").revision == "v2"
+    assert registry.canonicalizer_spec("wrn-c4-paper", repo_id="arg/wrn").revision == "main"
 
 
 def test_environment_override_is_for_the_default_only(monkeypatch):
-    registry = models.load_registry()
+    table = registry.load_registry()
     small = {"local_dir": "small", "repo_id": "org/small", "revision": "main", "files": {}}
-    registry["canonicalizers"]["small"] = small
+    table["canonicalizers"]["small"] = small
     monkeypatch.setenv("CANON_CANONICALIZER_REPO", "env/wrn")
-    assert models.canonicalizer_spec("small", registry=registry).repo_id == "org/small"
-    assert models.canonicalizer_spec("wrn-c4-paper", registry=registry).repo_id == "env/wrn"
+    assert registry.canonicalizer_spec("small", registry=table).repo_id == "org/small"
+    assert registry.canonicalizer_spec("wrn-c4-paper", registry=table).repo_id == "env/wrn"

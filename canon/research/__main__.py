@@ -1,0 +1,89 @@
+"""``python -m canon.research {probe,orientation,train} ...``: the experiments' command line, on the library's
+option groups.
+
+``probe`` fits an equivariant linear probe on the frozen trunk of a canonicalizer and ``orientation`` evaluates one
+like ``python -m canon evaluate orientation``; ``train`` is ``python -m canon train`` with distillation from a
+teacher (``--teacher``) and learning curves (``--train-fraction``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..cli import (CliError, Parser, add_command, check_fold, evaluate_orientation, input_size, load_canonicalizer,
+                   number, orientation_options, photo_files, run_training, split_options, training_options,
+                   whole_number, writable_folder)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m canon.research", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    probe = add_command(commands, "probe", "fit an equivariant linear probe on a frozen trunk", fit_probe_command)
+    probe.add_argument("--images", required=True, help="folder of upright photos (split into train/validation)")
+    probe.add_argument("--base", default="wrn-c4-paper", help="canonicalizer (name or folder) whose trunk is used")
+    probe.add_argument("--input-size", type=input_size, default=64, help="side of the trunk's input (default 64)")
+    probe.add_argument("--crops-per-photo", type=whole_number(1), default=16,
+                       help="random views of each photo besides the whole photo (default 16)")
+    split_options(probe)
+    fraction_option(probe)
+    probe.add_argument("--out", required=True, help="folder for the fitted canonicalizer")
+
+    add_command(commands, "orientation", "python -m canon evaluate orientation, for a probe",
+                probe_orientation, orientation_options)
+
+    train = add_command(commands, "train", "python -m canon train, with distillation and learning curves",
+                        train_command, training_options)
+    fraction_option(train)
+    train.add_argument("--teacher", default=None,
+                       help="distil from this canonicalizer (name or folder), which scores the same crops at its own "
+                            "input size, e.g. wrn-c4-paper at 128 px")
+    train.add_argument("--distill-weight", type=number(0, 1), default=0.5,
+                       help="weight of the distillation term against the prior (with --teacher; default 0.5)")
+    return parser
+
+
+def fraction_option(parser) -> None:
+    parser.add_argument("--train-fraction", type=number(0, 1, low_open=True), default=1.0,
+                        help="train on about this share of the training photo groups (default 1; a smaller share's "
+                             "photos are a subset of a larger one's, validation unchanged): for learning curves")
+
+
+def fit_probe_command(args) -> None:
+    from .probe import ProbeConfig, fit_probe
+
+    files = photo_files(args.images)
+    check_fold(args)
+    writable_folder(args.out)
+    config = ProbeConfig(crops_per_photo=args.crops_per_photo, fold=args.fold, folds=args.folds,
+                         train_fraction=args.train_fraction)
+    try:  # a split without training photos, a base that is not a whole trunk
+        fit_probe(files, args.out, base=args.base, input_size=args.input_size, config=config)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    print(f"saved {args.out}")
+
+
+def probe_orientation(args) -> None:
+    from .probe import ProbeCanonicalizer
+
+    if args.canonicalizer is None:
+        raise CliError("give the probe's folder with --canonicalizer")
+    evaluate_orientation(args, load=lambda args: load_canonicalizer(args, ProbeCanonicalizer))
+
+
+def train_command(args) -> None:
+    objective = None
+    if args.teacher is not None:
+        from ..canonicalizer import Canonicalizer
+        from .distill import Distillation
+
+        teacher = Canonicalizer.load(args.teacher).with_policy(precision="bfloat16" if args.bf16 else "float32")
+        objective = Distillation(teacher, weight=args.distill_weight)
+    run_training(args, objective=objective, train_fraction=args.train_fraction)
+
+
+if __name__ == "__main__":
+    from ..cli import main
+
+    sys.exit(main(parser=build_parser()))
