@@ -5,6 +5,11 @@ This file is the page only: layout, events and wording. Every computation is the
 (:mod:`canon.demo` holds the session and the actions). ``python app.py --help`` lists the options;
 ``build_demo(models)`` builds the page around models built elsewhere (tests, other launchers), and :func:`launch`
 serves it with this app's settings.
+
+Events come in two kinds. *Light* ones (a photo, a turn, a click, undo, the display options) run the canonicalizer
+at most (a fraction of a second) in their own queue, so they never wait behind another visitor's SAM run; each is
+followed by the *heavy* step (:meth:`Handlers.sam_step`), which computes SAM's embeddings of the photo as soon as it
+is shown, before any click, and then the masks for whatever prompts the session holds by the time it runs.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import logging
 import math
 import os
 import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import gradio as gr
 import numpy as np
@@ -26,8 +34,8 @@ from gradio.utils import get_upload_folder
 
 from canon import geometry, schema
 from canon.cli import whole_number
-from canon.demo import (ExportFolder, Models, Outcome, Session, draw_prompts, prepare_photo, run, sam_sources,
-                        sweep)
+from canon.demo import (SHOW, Display, ExportFolder, Models, Outcome, Session, draw_panels, draw_prompts, embed,
+                        embeddings_to_prepare, prepare_photo, run, sam_sources, sweep)
 from canon.images import MAX_FILE_BYTES, UPLOAD_REFUSAL, ImageError, read_upload
 from canon.prompts import parse_prompts
 from canon.registry import ModelUnavailableError
@@ -43,30 +51,57 @@ except ImportError:
 log = logging.getLogger("canon.app")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-# (file, caption); the photos' authors and licences are in examples/SOURCES.csv.
-EXAMPLES = [("animals_cat.jpg", "cat"), ("animals_horse.jpg", "horses"), ("france_eiffelTower.jpg", "Eiffel Tower"),
-            ("animals_owl.jpg", "owl (the paper's canonicalizer gets it wrong)")]
+# (file, angle shown at, name, note); the photos' authors and licences are in examples/SOURCES.csv. The turned ones
+# show the point at the first click; the owl is one the paper's canonicalizer gets wrong.
+EXAMPLES = [("animals_horse.jpg", 90, "horses", ""), ("animals_cat.jpg", 180, "cat", ""),
+            ("france_eiffelTower.jpg", 270, "tower", ""), ("animals_horse.jpg", 0, "horses", ""),
+            ("animals_cat.jpg", 0, "cat", ""),
+            ("animals_owl.jpg", 90, "owl ✘", "the paper's canonicalizer gets this one wrong")]
+EXAMPLES_NOTE = "✘ The owl is one the paper's canonicalizer gets wrong."
 # The click-mode radio's labels -> the kinds of click of canon.demo.Session.
 CLICK_MODES = {"object point (green)": "object", "background point (red)": "background", "box: two corners": "corner"}
-HEAVY = "models"  # the concurrency group of every event that runs a network
+LIGHT = "light"  # the concurrency group of the events that run the canonicalizer at most
+HEAVY = "models"  # the concurrency group of every event that runs SAM
 GPU_SECONDS = 120  # ZeroGPU time asked for per call: enough for a first ViT-H embedding, or a sweep's five
+PANEL_HEIGHT = 440  # px: the turned photo and both results in one row, in view together at 1440 x 900
 
 INTRO = """
-# Canonicalized SAM: Segment Anything that does not mind a turned photo
-Turn a photo, click on an object, and compare **SAM alone** with **SAM + canonicalizer**. The canonicalizer, a small
-rotation-equivariant network, guesses how far the photo is turned and hands SAM the photo turned back, so SAM sees it
-the way it was trained. Method: Mondal et al., *Equivariant Adaptation of Large Pretrained Models*, NeurIPS 2023
-([paper](https://openreview.net/forum?id=m6dRQJw280)).
+## Canonicalized SAM · Segment Anything that does not mind a turned photo
+Pick an example or upload a photo, turn it, click on an object: **SAM alone** (middle) against **SAM + canonicalizer**
+(right), whose small rotation-equivariant network turns the photo back before SAM sees it.
+[Mondal et al., NeurIPS 2023](https://openreview.net/forum?id=m6dRQJw280)
 """
 NO_PHOTO = "⚠ Upload a photo first."  # what every event that needs a photo says without one
-HOW_TO = "Upload or paste a photo, or pick an example; turn it; then click on it."
-NO_RESULTS = "SAM's masks appear here once you click on the photo (or press *Segment everything*)."
-LEGEND = ("Same colour = same mask in the ranking of both panels (blue: SAM's best). Dots: green = object, "
+HOW_TO = "Pick an example or upload a photo; turn it; then click on it."
+CLICK_ON_IT = "Click on the turned photo to prompt SAM (or press *Segment everything*)."
+READY = "SAM is ready for this photo and turn: click on it (each click takes a moment only)."
+SWEEP_INTRO = ("The canonicalized row should be identical at every angle; SAM alone drifts. (Costs up to five image "
+               "embeddings.)")
+SWEEP_OUTDATED = "⚠ Outdated: the photo or the prompts changed since this sweep. Run it again."
+LEGEND = ("Outlines: blue = SAM's best mask, then orange, green (the other candidates). Dots: green = object, "
           "red = background.")
+DIFFERENCE_LEGEND = ("Magenta: pixels in this panel's best mask and not in the other panel's; light blue: pixels "
+                     "both share.")
 CSS = """
-#status, #panel-note { min-height: 1.6em; }
-#status p, #panel-note p { margin: 0; }
+#status { min-height: 1.6em; }
+#status p, #verdict p { margin: 0.1em 0; }
+#examples-note p { margin: 0; font-size: 0.85em; }
+#results { flex-wrap: nowrap; gap: var(--spacing-md); }
+#details table { word-break: normal; overflow-wrap: normal; }
+#details td, #details th { white-space: nowrap; }
+#details { overflow-x: auto; }
+#sweep .caption-label { white-space: normal; font-size: 0.8em; }
+@media (max-width: 640px) {  /* a phone: the turned photo across the screen, the two results side by side below */
+  #panels { flex-wrap: wrap !important; }
+  #view { flex: 1 1 100% !important; min-width: 100% !important; height: 360px !important; }
+  #results { flex: 1 1 100% !important; min-width: 100% !important; }
+  #sam-alone, #sam-canonicalized { flex: 1 1 0 !important; min-width: 0 !important; height: 280px !important; }
+  #sweep .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+}
 """
+# On a narrow screen the turned photo sits below the controls: a turn brings it into view.
+SHOW_VIEW_ON_PHONE = ("() => { if (window.innerWidth <= 640) "
+                      "document.getElementById('view')?.scrollIntoView({block: 'start', behavior: 'smooth'}); }")
 
 
 class Blocks(gr.Blocks):
@@ -99,20 +134,47 @@ def _names_a_url(value, depth: int = 0) -> bool:
     return False
 
 
-class Page(NamedTuple):
-    """The values of the outputs that every photo and prompt event updates, in the order of ``build_demo``'s
-    ``page`` components."""
 
-    session: Session
-    status: str
-    view: np.ndarray | None
-    panel_note: str
-    sam: np.ndarray | None
-    canonicalized: np.ndarray | None
-    probabilities: dict | None
-    canonical: np.ndarray | None
-    details: str
-    downloads: list[str] | None
+SKIP = gr.skip()  # an output left as the page shows it
+
+
+class Page(NamedTuple):
+    """The values of every output of the page's events, in the order of ``build_demo``'s ``page`` components; a
+    field an event does not change stays :data:`SKIP`."""
+
+    session: Any = SKIP
+    shown: Any = SKIP
+    status: Any = SKIP
+    view: Any = SKIP
+    verdict: Any = SKIP
+    sam: Any = SKIP
+    canonicalized: Any = SKIP
+    probabilities: Any = SKIP
+    canonical: Any = SKIP
+    details: Any = SKIP
+    downloads: Any = SKIP
+    sweep: Any = SKIP
+    sweep_summary: Any = SKIP
+    angle: Any = SKIP
+    upload: Any = SKIP
+
+
+class SweepPage(NamedTuple):
+    """The outputs of the sweep, which leaves the rest of the page as it is (named as in :class:`Page`)."""
+
+    sweep: Any
+    sweep_summary: Any
+    shown: Any = SKIP
+
+
+@dataclass(frozen=True, eq=False)
+class Shown:
+    """What the result panels show: the outcome and the request (:meth:`Handlers.request_key`) it answers, and the
+    prompts (:meth:`Handlers.sweep_key`) of the sweep on the page."""
+
+    outcome: Outcome | None = None
+    request: tuple | None = None
+    swept: tuple | None = None
 
 
 def _gpu(fn):
@@ -130,8 +192,12 @@ def _warning(message) -> str:
 
 class Handlers:
     """The event functions, bound to the models they serve. Each takes the visitor's :class:`Session` (None once
-    Gradio has dropped an idle one) and returns the new one with the page; bad input becomes a message in the page
-    (``gr.Error`` for the API), never a crash. The model runs go through :func:`_gpu`."""
+    Gradio has dropped an idle one) and what the panels show, and returns a :class:`Page`; bad input becomes a
+    message in the page (``gr.Error`` for the API), never a crash. The model runs go through :func:`_gpu`.
+
+    The heavy step reads the session as it is when the step runs, so clicks made while SAM works are kept and
+    answered together; a step overtaken by a newer photo, turn or click of the same visitor (``request``: Gradio's
+    request, whose session hash names the visitor) stops and leaves the page to the newer one."""
 
     def __init__(self, models: Models, exports: ExportFolder | None = None, everything_options: dict | None = None):
         self.models = models
@@ -139,81 +205,171 @@ class Handlers:
         self.exports = exports or ExportFolder()
         self.everything_options = everything_options or {}
         self._run = _gpu(run)
+        self._embed = _gpu(embed)
         self._sweep = _gpu(sweep)
+        self._latest: OrderedDict[str, tuple] = OrderedDict()  # visitor -> the key of their newest session
+        self._latest_lock = threading.Lock()
 
-    # -------------------------------------------------------------------------------------------- page events
+    # ------------------------------------------------------------------------------------ light page events
 
-    def photo(self, session: Session | None, upload) -> Page:
-        """A new photo (upload, paste or example): ``upload`` is Gradio's file payload, None when cleared."""
-        session = Session(angle=(session or Session()).angle)
+    def photo(self, session: Session | None, upload, request: gr.Request = None) -> Page:
+        """A new photo, uploaded or pasted: ``upload`` is Gradio's file payload, None when cleared. It starts
+        upright (the angle goes back to 0)."""
         if upload is None:
-            return self._blank(session, HOW_TO)
+            return self._blank(HOW_TO, request)
         try:
             photo, size = self.uploads.photo(upload)
         except ImageError as error:
-            return self._blank(session, _warning(error))
+            return self._blank(_warning(error), request, upload=None)  # the box does not keep a refused file
         note = _shrink_note(size, photo)
         status = "Photo loaded" + (f" ({note})" if note else "") + ". Turn it, then click on it to prompt SAM."
-        return self._refresh(session.with_photo(photo), status)
+        return self._shown_photo(Session().with_photo(photo), status, request, angle=0)
 
-    def rotate(self, session: Session | None, angle: float, sam: str, multimask: bool,
-               progress=gr.Progress(track_tqdm=True)) -> Page:
+    def example(self, session: Session | None, evt: gr.SelectData, request: gr.Request = None) -> Page:
+        """An example picked from the gallery: its photo at its angle."""
+        index = evt.index if isinstance(evt.index, int) and not isinstance(evt.index, bool) else -1
+        if not 0 <= index < len(EXAMPLES):
+            return Page(status=_warning("pick one of the examples"))
+        name, angle, label, note = EXAMPLES[index]
+        photo, _ = prepare_photo(EXAMPLES_DIR / name)
+        status = f"Example loaded: {label.rstrip(' ✘')}, turned {angle}°{': ' + note if note else ''}. Click on it."
+        return self._shown_photo(Session().with_photo(photo, angle), status, request, angle=angle, upload=photo)
+
+    def rotate(self, session: Session | None, shown: Shown | None, angle: float, request: gr.Request = None) -> Page:
         """The photo turned to ``angle`` degrees counter-clockwise; the prompts turn with it."""
         session = session or Session()
         if session.photo is None:
-            return self._unchanged(session, NO_PHOTO)
+            return Page(status=NO_PHOTO)
         try:
-            session = session.rotated_to(_degrees(angle))
+            degrees = _degrees(angle)
+            if degrees == session.angle:  # a slider's release after its input events: nothing new
+                return Page()
+            session = session.rotated_to(degrees)
         except ValueError as error:
-            return self._unchanged(session, _warning(error))
-        return self._refresh(session, "", sam, multimask)
+            return Page(status=_warning(error))
+        working = "⏳ Updating SAM's masks for the new turn…" if session.has_prompts or session.everything else ""
+        return self._shown_photo(session, working or CLICK_ON_IT, request, shown=shown, keep_results=True)
 
-    def click(self, session: Session | None, mode: str, sam: str, multimask: bool, evt: gr.SelectData,
-              progress=gr.Progress(track_tqdm=True)) -> Page:
+    def turn(self, angle: int):
+        """The handler of a turn button: the photo turned to ``angle`` and the slider set to it."""
+        def turned(session: Session | None, shown: Shown | None, request: gr.Request = None) -> Page:
+            return self.rotate(session, shown, angle, request)._replace(angle=angle)
+        return turned
+
+    def click(self, session: Session | None, shown: Shown | None, mode: str, evt: gr.SelectData,
+              request: gr.Request = None) -> Page:
         """A click on the turned photo: a point or a box corner, as ``mode`` (a key of CLICK_MODES) says."""
         session = session or Session()
         if session.photo is None:
-            return self._unchanged(session, NO_PHOTO)
+            return Page(status=NO_PHOTO)
         try:
             x, y = _pixel(evt.index)  # the integer pixel (column, row) of the displayed image; centre at + 0.5
             if not isinstance(mode, str) or mode not in CLICK_MODES:
                 raise ValueError("choose what a click adds")
             session = session.clicked(x + 0.5, y + 0.5, CLICK_MODES[mode])
         except ValueError as error:
-            return self._unchanged(session, _warning(error))
+            return Page(status=_warning(error))
         waiting = session.pending_corner() is not None
-        return self._refresh(session, "Now click the opposite corner of the box." if waiting else "", sam, multimask)
+        return self._prompted(session, shown, request, "Now click the opposite corner of the box." if waiting else "")
 
-    def undo(self, session: Session | None, sam: str, multimask: bool, progress=gr.Progress(track_tqdm=True)) -> Page:
-        return self._again((session or Session()).undone(), sam, multimask)
+    def undo(self, session: Session | None, shown: Shown | None, request: gr.Request = None) -> Page:
+        return self._prompted((session or Session()).undone(), shown, request)
 
-    def clear(self, session: Session | None, sam: str, multimask: bool) -> Page:
-        return self._again((session or Session()).cleared(), sam, multimask)
+    def clear(self, session: Session | None, shown: Shown | None, request: gr.Request = None) -> Page:
+        return self._prompted((session or Session()).cleared(), shown, request)
 
-    def everything(self, session: Session | None, sam: str, multimask: bool,
-                   progress=gr.Progress(track_tqdm=True)) -> Page:
-        return self._again((session or Session()).asking_everything(), sam, multimask)
+    def everything(self, session: Session | None, shown: Shown | None, request: gr.Request = None) -> Page:
+        return self._prompted((session or Session()).asking_everything(), shown, request)
 
-    def options(self, session: Session | None, sam: str, multimask: bool,
-                progress=gr.Progress(track_tqdm=True)) -> Page:
-        """Another SAM or multimask setting: the same request again."""
+    def redraw(self, session: Session | None, shown: Shown | None, show: str, opacity: float) -> Page:
+        """The result panels drawn again as the display options say (no model runs)."""
+        outcome = shown.outcome if shown else None
+        if session is None or outcome is None or outcome.result is None:
+            return Page()
+        try:
+            display = _display(show, opacity)
+        except ValueError as error:
+            return Page(status=_warning(error))
+        sam_panel, canonicalized_panel = self._panels(session, outcome, display)
+        return Page(sam=sam_panel, canonicalized=canonicalized_panel, verdict=_verdict(session, outcome, display))
+
+    # --------------------------------------------------------------------------------------- the heavy step
+
+    def sam_step(self, session: Session | None, shown: Shown | None, sam: str, multimask: bool, show: str,
+                 opacity: float, request: gr.Request = None):
+        """SAM's part of every photo and prompt event, as a generator of :class:`Page` updates: the embeddings the
+        turned photo needs (canonical first), each announced in the status line, then the masks for the session's
+        prompts, if any. What is cached is not computed again; a newer request of the visitor ends this one.
+
+        It yields at least once: Gradio's page keeps an event that streamed nothing pending, and refuses that
+        event's next trigger."""
+        updates = self._sam_updates(session, shown, sam, multimask, show, opacity, request)
+        first = next(updates, Page())
+        yield first
+        yield from updates
+
+    def _sam_updates(self, session, shown, sam, multimask, show, opacity, request):
         session = session or Session()
-        return self._again(session, sam, multimask) if session.photo is not None else self._unchanged(session, HOW_TO)
+        if session.photo is None:
+            return
+        key = self.request_key(session, sam, multimask)
+        if shown is not None and shown.request == key:
+            return  # the panels show this very request already
+        try:
+            display = _display(show, opacity)
+            if self.models.loaded(sam) is None:
+                yield Page(status=f"⏳ Loading SAM {sam} (the first time only)…")
+            pending = embeddings_to_prepare(self.models, session, sam)
+        except ValueError as error:
+            yield Page(status=_warning(error))
+            return
+        except ModelUnavailableError as error:
+            outcome = Outcome(session.view(), self.models.canonicalizer.canonicalize(session.view()),
+                              session.residual_deg, sam_error=error.public)
+            yield Page(status="⚠ Only the canonicalizer could run: see below.", sam=None, canonicalized=None,
+                       verdict=_verdict(session, outcome, display), shown=Shown(outcome, key, _swept(shown)))
+            return
+        wanted = session.has_prompts or session.everything
+        for number, (which, image) in enumerate(pending, 1):
+            if self._overtaken(request, session):
+                return
+            yield Page(status=_embedding_status(which, number, len(pending), self.models.loaded(sam), wanted))
+            self._embed(self.models, sam, image)
+        if not wanted:
+            corner = session.pending_corner() is not None
+            yield Page(status="Now click the opposite corner of the box." if corner else READY)
+            return
+        if session.everything:
+            yield Page(status="⏳ Segmenting everything: SAM's decoder on a grid of points, on both images…")
+        options = {"everything_options": self.everything_options} if session.everything else {}
+        try:
+            outcome = self._run(self.models, session, sam, multimask, **options)
+        except ValueError as error:  # prompts the library refuses after the session's own checks; undo helps
+            yield Page(status=_warning(error))
+            return
+        if self._overtaken(request, session):
+            return
+        yield self._results(session, outcome, key, display, shown, sam)
 
-    def sweep(self, session: Session | None, sam: str, multimask: bool,
-              progress=gr.Progress(track_tqdm=True)) -> tuple[gr.Gallery, str]:
+    def options(self, session: Session | None, shown: Shown | None, sam: str, multimask: bool, show: str,
+                opacity: float, request: gr.Request = None):
+        """Another SAM or multimask setting: the heavy step again, for the same session."""
+        yield from self.sam_step(session, shown, sam, multimask, show, opacity, request)
+
+    def sweep(self, session: Session | None, shown: Shown | None, sam: str, multimask: bool,
+              progress=gr.Progress(track_tqdm=True)) -> "SweepPage":
         """The prompts with the photo turned by 0, 90, 180 and 270 degrees, both paths, turned back upright: the
         gallery (SAM alone on the first row, SAM + canonicalizer on the second) and a summary."""
         session = session or Session()
         if session.photo is None:
-            return gr.Gallery(visible=False), NO_PHOTO
+            return SweepPage(gr.Gallery(visible=False), NO_PHOTO)
         self._preload(sam)
         try:
             entries = self._sweep(self.models, session, sam, multimask)
         except ValueError as error:
-            return gr.Gallery(visible=False), _warning(error)
+            return SweepPage(gr.Gallery(visible=False), _warning(error))
         except ModelUnavailableError as error:
-            return gr.Gallery(visible=False), _warning(error.public)
+            return SweepPage(gr.Gallery(visible=False), _warning(error.public))
         reference = session.reference()
         marked = partial(draw_prompts, prompts=session.prompts("reference"))
         items = []
@@ -224,22 +380,27 @@ class Handlers:
                 unsure = path == "canonicalized" and is_unsure(entry.result.canonicalization)
                 caption = f"{name} {90 * entry.k}° · IoU {iou:.2f}" + (" ⚠ unsure" if unsure else "")
                 items.append((marked(overlay(reference, best_mask)), caption))
-        return gr.Gallery(items, visible=True), _sweep_summary(entries, session.residual_deg)
+        shown = shown or Shown()
+        return SweepPage(gr.Gallery(items, visible=True), _sweep_summary(entries, session.residual_deg),
+                         replace(shown, swept=self.sweep_key(session)))
 
     # ------------------------------------------------------------------------------------------ API endpoints
 
     def api_segment(self, image, angle, points, box, sam, multimask):
-        """``/segment``: both paths for explicit prompts (in the sent photo's pixels) on the photo turned by
-        ``angle``; the overlays, and a dict with the decision, timings, IoU and masks (COCO RLE, turned frame).
+        """Both paths for explicit prompts on the photo turned by an angle.
 
-        A photo with a side over the page's bound is shrunk to it first, as on the page, and the prompts with it:
-        the masks and overlays are then in the shrunk photo's frame, and ``scale`` in the dict says by how much."""
+        The points (a JSON list of [x, y, label], label 1 for the object and 0 for the background) and the box
+        (a JSON [x0, y0, x1, y1], or empty) are in the sent photo's pixels, upright. Returns the two overlays and a
+        dict with the canonicalizer's decision, timings, the IoU of the two paths and the masks (COCO RLE, in the
+        frame of the turned photo). A photo with a side over 1600 pixels is shrunk to it first, as on the page,
+        and the prompts with it; the masks and overlays are then in the shrunk photo's frame, and "scale" in the
+        dict says by how much."""
         try:
             photo, size = self.uploads.photo(image)
             prompts = parse_prompts(points, box)
             prompts.validate(size)
             scale = (photo.shape[1] / size[1], photo.shape[0] / size[0])
-            session = Session(photo=photo).rotated_to(_degrees(angle)).prompted(prompts.scaled(*scale))
+            session = Session().with_photo(photo, _degrees(angle)).prompted(prompts.scaled(*scale))
             sam, multimask = self._choice(sam), _flag(multimask, "multimask")
         except ValueError as error:  # ImageError, PromptError and the session's own checks
             raise _refusal("segment", error) from None
@@ -253,16 +414,16 @@ class Handlers:
         return overlay(outcome.view, result.sam.masks), overlay(outcome.view, result.canonicalized.masks), info
 
     def api_canonicalize(self, image, angle):
-        """``/canonicalize``: the image the canonicalizer would hand SAM, and its decision; needs no SAM. A photo
-        over the page's bound is shrunk first, as in ``/segment``."""
+        """The image the canonicalizer would hand SAM for the photo turned by an angle, and its decision; needs no
+        SAM. A photo over 1600 pixels a side is shrunk first, as for segment."""
         try:
             photo, size = self.uploads.photo(image)
-            session = Session(photo=photo).rotated_to(_degrees(angle))
+            session = Session().with_photo(photo, _degrees(angle))
         except ValueError as error:
             raise _refusal("canonicalize", error) from None
-        outcome = self._run(self.models, session, self.models.default_sam)
-        decision = outcome.canonicalization
-        return decision.canonical_image, schema.decision_record(decision, session.angle, outcome.residual_deg) | \
+        view = session.view()
+        decision = self.models.canonicalizer.canonicalize(view)
+        return decision.canonical_image, schema.decision_record(decision, session.angle, session.residual_deg) | \
             schema.size_record(size, photo.shape)
 
     def _choice(self, sam) -> str:
@@ -273,12 +434,52 @@ class Handlers:
             raise ValueError(f"unknown SAM; choose one of {', '.join(self.models.sam_choices)}")
         return sam
 
+    # -------------------------------------------------------------------------------------------- page load
+
+    def welcome(self) -> tuple[gr.Dropdown, str]:
+        """At page load: the SAM menu with what each choice costs or why it cannot be had, and a status line that
+        says so when the default cannot be had (the reasons, with paths and flags, go to the server log)."""
+        labels, missing = [], []
+        for choice in self.models.sam_choices:
+            state = self.models.availability(choice)
+            if state == "missing":
+                missing.append(choice)
+            labels.append((_sam_label(choice, state), choice))
+        status = HOW_TO
+        if self.models.default_sam in missing:
+            log.warning("SAM %s cannot be had here: no checkpoint on this machine and no way to download it "
+                        "(see the README: --sam PATH, or unset HF_HUB_OFFLINE)", self.models.default_sam)
+            status = (f"⚠ SAM {self.models.default_sam} is not available on this server now, so only the "
+                      "canonicalizer's part works: turning a photo shows its guess, clicks get no masks.")
+        return gr.Dropdown(choices=labels, value=self.models.default_sam), status
+
     # -------------------------------------------------------------------------------------------------- helpers
 
-    def _again(self, session: Session, sam: str, multimask: bool) -> Page:
-        if session.photo is None:
-            return self._unchanged(session, NO_PHOTO)
-        return self._refresh(session, "", sam, multimask)
+    @staticmethod
+    def request_key(session: Session, sam: str, multimask: bool) -> tuple:
+        return session.key, sam, bool(multimask)
+
+    @staticmethod
+    def sweep_key(session: Session) -> tuple:
+        """What a sweep depends on: the photo, the tilt beyond quarter turns, the prompts in the upright frame."""
+        return session.photo_id, session.residual_deg, session.clicks
+
+    def _note(self, request: gr.Request | None, session: Session) -> None:
+        """Record ``session`` as the visitor's newest, for :meth:`_overtaken`."""
+        visitor = getattr(request, "session_hash", None)
+        if visitor is None:
+            return
+        with self._latest_lock:
+            self._latest[visitor] = session.key
+            self._latest.move_to_end(visitor)
+            while len(self._latest) > 1000:
+                self._latest.popitem(last=False)
+
+    def _overtaken(self, request: gr.Request | None, session: Session) -> bool:
+        visitor = getattr(request, "session_hash", None)
+        with self._latest_lock:
+            latest = self._latest.get(visitor) if visitor is not None else None
+        return latest is not None and latest != session.key
 
     def _preload(self, sam: str) -> None:
         """Load (and the first time download, with a progress bar) SAM in this process: on ZeroGPU the GPU
@@ -288,45 +489,83 @@ class Handlers:
         except ModelUnavailableError:
             pass  # run() and sweep() report it where the visitor looks
 
-    def _refresh(self, session: Session, status: str, sam: str | None = None, multimask: bool = True) -> Page:
-        """Run what the session asks for and fill every panel."""
-        sam = sam or self.models.default_sam
-        if session.has_prompts or session.everything:
-            self._preload(sam)
-        options = {"everything_options": self.everything_options} if session.everything else {}
-        try:
-            outcome = self._run(self.models, session, sam, multimask, **options)
-        except ValueError as error:  # prompts the library refuses after the session's own checks; undo helps
-            return self._unchanged(session, _warning(error))
+    def _blank(self, status: str, request: gr.Request | None, **extra) -> Page:
+        """No photo: every panel empty, the slider at 0, no sweep."""
+        session = Session()
+        self._note(request, session)
+        return Page(session=session, shown=Shown(), status=status, view=None, verdict="", sam=None,
+                    canonicalized=None, probabilities=None, canonical=None, details="", downloads=None,
+                    sweep=gr.Gallery(visible=False), sweep_summary=SWEEP_INTRO, angle=0, **extra)
+
+    def _shown_photo(self, session: Session, status: str, request: gr.Request | None, shown: Shown | None = None,
+                     keep_results: bool = False, **extra) -> Page:
+        """The light part of a new photo or turn: the view with its prompts and the canonicalizer's decision. The
+        result panels keep what they show while SAM's part follows (``keep_results``), or are emptied."""
+        self._note(request, session)
+        outcome = Outcome(session.view(), self.models.canonicalizer.canonicalize(session.view()),
+                          session.residual_deg)
+        page = Page(session=session, status=status, view=self._marked(session, outcome.view),
+                    verdict=_verdict(session, outcome), probabilities=_probabilities(outcome.canonicalization),
+                    canonical=outcome.canonicalization.canonical_image, details=_details(outcome, session.everything),
+                    **extra)
+        if keep_results:
+            return page._replace(sweep_summary=self._sweep_note(session, shown))
+        return page._replace(shown=Shown(), sam=None, canonicalized=None, downloads=None,
+                             sweep=gr.Gallery(visible=False), sweep_summary=SWEEP_INTRO)
+
+    def _prompted(self, session: Session, shown: Shown | None, request: gr.Request | None, status: str = "") -> Page:
+        """The light part of a change of prompts: the view with the new prompts at once, SAM's answer to follow."""
+        if session.photo is None:
+            return Page(status=NO_PHOTO)
+        self._note(request, session)
+        asks = session.has_prompts or session.everything
+        page = Page(session=session, view=self._marked(session, session.view()),
+                    sweep_summary=self._sweep_note(session, shown),
+                    status=status or ("⏳ SAM is working on your prompts…" if asks else CLICK_ON_IT))
+        if asks:
+            return page
+        outcome = Outcome(session.view(), self.models.canonicalizer.canonicalize(session.view()),
+                          session.residual_deg)
+        return page._replace(sam=None, canonicalized=None, downloads=None, shown=Shown(swept=_swept(shown)),
+                             verdict=_verdict(session, outcome), details=_details(outcome, False))
+
+    def _sweep_note(self, session: Session, shown: Shown | None) -> Any:
+        swept = _swept(shown)
+        return SWEEP_OUTDATED if swept is not None and swept != self.sweep_key(session) else SKIP
+
+    def _results(self, session: Session, outcome: Outcome, key: tuple, display: Display, shown: Shown | None,
+                 sam: str) -> Page:
+        """Every panel for an outcome with SAM's results."""
         result = outcome.result
-        if outcome.sam_error:
-            status, panel_note = "⚠ Only the canonicalizer could run: see below.", _warning(outcome.sam_error)
-        else:
-            panel_note = LEGEND if result is not None else NO_RESULTS
-            status = status or ("Done. Click again to refine, or turn the photo: your prompts turn with it."
-                                if result is not None else "Click on the photo to prompt SAM.")
-        marked = partial(draw_prompts, prompts=session.prompts(), pending=session.pending_corner())
-        downloads = None
-        if result is not None:
-            downloads = [str(path) for path in self.exports.save(
-                {schema.MASK_FILE_STEMS[path]: getattr(result, path) for path in schema.MASK_FILE_STEMS},
-                rotation_deg=session.angle, sam=sam)]
-        decision = outcome.canonicalization
-        return Page(
-            session=session, status=status, view=marked(outcome.view), panel_note=panel_note,
-            sam=marked(overlay(outcome.view, result.sam.masks)) if result else None,
-            canonicalized=marked(overlay(outcome.view, result.canonicalized.masks)) if result else None,
-            probabilities=_probabilities(decision), canonical=decision.canonical_image,
-            details=_details(outcome, session.everything), downloads=downloads)
+        empty = session.everything and len(result.sam.masks) == 0 and len(result.canonicalized.masks) == 0
+        status = ("SAM found no masks on this photo, in either panel." if empty else
+                  "Done. Click again to refine, or turn the photo: your prompts turn with it.")
+        downloads = [str(path) for path in self.exports.save(
+            {schema.MASK_FILE_STEMS[path]: getattr(result, path) for path in schema.MASK_FILE_STEMS},
+            rotation_deg=session.angle, sam=sam)]
+        sam_panel, canonicalized_panel = self._panels(session, outcome, display)
+        return Page(shown=Shown(outcome, key, _swept(shown)), status=status, view=self._marked(session, outcome.view),
+                    verdict=_verdict(session, outcome, display), sam=sam_panel, canonicalized=canonicalized_panel,
+                    details=_details(outcome, session.everything), downloads=downloads)
+
+    def _panels(self, session: Session, outcome: Outcome, display: Display) -> tuple[np.ndarray, np.ndarray]:
+        marked = partial(self._marked, session)
+        return tuple(marked(panel) for panel in draw_panels(outcome.view, outcome.result, display))
 
     @staticmethod
-    def _blank(session: Session, status: str) -> Page:
-        return Page(session, status, None, NO_RESULTS, None, None, None, None, "", None)
+    def _marked(session: Session, image: np.ndarray) -> np.ndarray:
+        return draw_prompts(image, session.prompts(), pending=session.pending_corner())
 
-    @staticmethod
-    def _unchanged(session: Session, status: str) -> Page:
-        """Only the session and the status line change; every other panel keeps what it shows."""
-        return Page(session, status, *[gr.skip()] * (len(Page._fields) - 2))
+
+def _swept(shown: Shown | None) -> tuple | None:
+    return shown.swept if shown is not None else None
+
+
+def _display(show, opacity) -> Display:
+    """The display options as the page sends them."""
+    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)):
+        raise ValueError("the mask opacity is a number from 0 to 1")
+    return Display(show if isinstance(show, str) else "", float(opacity))
 
 
 # ------------------------------------------------------------------------------------------- input and wording
@@ -334,24 +573,20 @@ class Handlers:
 
 class Uploads:
     """The files this app received from visitors, which are the only ones an event may read: uploads through
-    Gradio's upload route, and the example photos Gradio copied into its cache when the page was built. Gradio hands
+    Gradio's upload route (the examples are read from this app's folder by their index, never by a path). Gradio hands
     events a file payload (a dict with a ``path``) that a client can make up, so the path is checked against these
     before anything is opened (see :func:`canon.images.read_upload`). A component's ``temp_files`` is no such
     record: Gradio adds to it any path in its folder that a request names."""
 
     def __init__(self):
         self.demo: gr.Blocks | None = None
-        self._examples: frozenset[str] = frozenset()
 
-    def bind(self, demo: gr.Blocks, examples: gr.Examples | None = None) -> None:
-        """Accept what ``demo`` receives through its upload route, and the files of ``examples`` as cached now."""
+    def bind(self, demo: gr.Blocks) -> None:
+        """Accept what ``demo`` receives through its upload route."""
         self.demo = demo
-        samples = examples.dataset.samples if examples is not None else []
-        self._examples = frozenset(value["path"] for row in samples for value in row
-                                   if isinstance(value, dict) and isinstance(value.get("path"), str))
 
     def __contains__(self, path) -> bool:
-        return self.demo is not None and (path in self.demo.upload_file_set or path in self._examples)
+        return self.demo is not None and path in self.demo.upload_file_set
 
     def photo(self, payload) -> tuple[np.ndarray, tuple[int, int]]:
         """The photo a payload names (Gradio's dict, or a path as text), decoded at the page's bound, and its size
@@ -409,6 +644,8 @@ def _shrink_note(size: tuple[int, int], photo) -> str:
     return f"shrunk from {width}x{height} to {photo.shape[1]}x{photo.shape[0]} pixels for the page"
 
 
+
+
 def _probabilities(decision) -> dict[str, float]:
     return {f"turned {angle}°": float(p) for angle, p in zip(geometry.ANGLES_DEG, decision.probabilities)}
 
@@ -417,34 +654,72 @@ def _duration(ms: float, cached: bool = False) -> str:
     return "cached" if cached else f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.0f} ms"
 
 
-def _decision_text(outcome: Outcome) -> str:
+SAM_SIZES = {"vit_b": "375 MB", "vit_l": "1.2 GB", "vit_h": "2.5 GB"}  # the registry's checkpoints, as downloaded
+
+
+def _sam_label(choice: str, state: str) -> str:
+    """A SAM menu entry: its name, and what choosing it costs or that it cannot be had."""
+    if state == "missing":
+        return f"{choice} (not available here)"
+    if state == "hub":
+        size = SAM_SIZES.get(choice)
+        return f"{choice} (downloaded on first use{', ' + size if size else ''})"
+    return choice
+
+
+def _embedding_status(which: str, number: int, count: int, backend, wanted: bool) -> str:
+    """The status line while SAM embeds one image of a turn."""
+    image = {"canonical": "the image the canonicalizer hands SAM", "turned": "the turned photo, for SAM alone"}[which]
+    estimate = f"about {max(1, round(backend.encoder_ms / 1000))} s here" if backend and backend.encoder_ms else \
+        "the slow part"
+    then = "then your masks" if wanted else "your clicks are kept meanwhile"
+    return (f"⏳ SAM's image embedding {number} of {count}: {image} ({estimate}, once per photo and turn; {then})…")
+
+
+def _verdict(session: Session, outcome: Outcome, display: Display | None = None) -> str:
+    """The lines beside the panels: what the canonicalizer decided and whether that matches the visitor's turn,
+    how far the two panels agree, and when they cannot differ, why and what to try."""
     decision = outcome.canonicalization
-    text = (f"**Canonicalizer:** the photo looks turned **{decision.angle_deg}°** (probability "
-            f"{decision.confidence:.2f}), so SAM is shown it turned back by {decision.angle_deg}° "
-            f"({_duration(decision.elapsed_ms, decision.cached)}).")
-    if outcome.unsure:
-        text += (f"\n\n⚠ **Unsure:** its top probability is only {decision.confidence:.2f}; the turn it picked may "
-                 "be wrong for this photo.")
-    if outcome.residual_deg:
-        text += (f"\n\nThe photo is also tilted by {outcome.residual_deg:+.0f}° beyond the nearest quarter turn: a "
-                 "canonicalizer of quarter turns cannot undo that, so both paths see the tilt.")
-    return text
+    quarter, residual = geometry.split_degrees(session.angle)
+    lines = [f"**Canonicalizer:** looks turned **{decision.angle_deg}°** (p {decision.confidence:.2f}), so SAM + "
+             f"canonicalizer sees it turned back by {decision.angle_deg}°."]
+    turned = 90 * quarter % 360
+    if session.angle != 0:
+        tilt = f" plus a {residual:+.0f}° tilt it cannot undo" if residual else ""
+        verdict = "✔ matches" if decision.angle_deg == turned else "✘ does not match"
+        lines.append(f"You turned the photo {turned}°{tilt}: {verdict} (assuming your photo was upright).")
+    if is_unsure(decision):
+        lines.append(f"⚠ Unsure: its top probability is only {decision.confidence:.2f}.")
+    if decision.k == 0:
+        lines.append("Both panels see the same image: the canonicalizer left the photo as it is, so they agree by "
+                     "construction. Turn the photo (90°, 180° or 270°) to see them differ.")
+    if outcome.sam_error:
+        lines.append(_warning(outcome.sam_error))
+    elif outcome.result is not None:
+        if outcome.agreement is None:
+            lines.append("SAM found no masks in either panel: nothing to compare. Try clicks on an object.")
+        else:
+            measure = "the areas covered" if session.everything else "the best masks"
+            lines.append(f"**Agreement of the two panels:** IoU {outcome.agreement:.2f} ({measure}).")
+        lines.append(DIFFERENCE_LEGEND if display is not None and display.show == "difference" else LEGEND)
+    return "\n\n".join(lines)
 
 
 def _details(outcome: Outcome, everything: bool) -> str:
-    """The canonicalizer's decision, then both results' masks, timings and agreement, as Markdown."""
+    """The canonicalizer's time, then both results' masks and timings, as Markdown."""
+    decision = outcome.canonicalization
+    text = (f"**Canonicalizer:** turned {decision.angle_deg}° (probability {decision.confidence:.2f}), "
+            f"{_duration(decision.elapsed_ms, decision.cached)}.")
     result = outcome.result
     if result is None:
-        return _decision_text(outcome)
+        return text
     rows = [("masks", _mask_list(result.sam, everything), _mask_list(result.canonicalized, everything)),
             ("image encoder", _duration(result.sam.encoder_ms, result.sam.cached),
              _duration(result.canonicalized.encoder_ms, result.canonicalized.cached)),
             ("mask decoder", _duration(result.sam.decoder_ms), _duration(result.canonicalized.decoder_ms))]
     table = "| | SAM alone | SAM + canonicalizer |\n|---|---|---|\n" + "\n".join(
         f"| {name} | {a} | {b} |" for name, a, b in rows)
-    measure = "the areas covered" if everything else "the best masks"
-    agreement = f"**Agreement** (IoU of {measure}): **{outcome.agreement:.2f}**"
-    return "\n\n".join([_decision_text(outcome), table, agreement])
+    return text + "\n\n" + table
 
 
 def _mask_list(result: PathResult, everything: bool) -> str:
@@ -472,53 +747,74 @@ def _sweep_summary(entries, residual_deg: float) -> str:
     return text
 
 
+def _example_thumbnails() -> list[tuple[np.ndarray, str]]:
+    """The examples' gallery: each photo as it will be shown (turned), small."""
+    thumbnails = []
+    for name, angle, label, _ in EXAMPLES:
+        photo, _ = prepare_photo(EXAMPLES_DIR / name, max_side=200)
+        thumbnails.append((geometry.rotate_image_free(photo, angle), f"{label} {angle}°"))
+    return thumbnails
+
+
 # -------------------------------------------------------------------------------------------------------- layout
 
 
 def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options: dict | None = None) -> gr.Blocks:
-    """The page, around already built models. ``concurrency_limit``: model runs at once, all events and visitors
+    """The page, around already built models. ``concurrency_limit``: SAM runs at once, all events and visitors
     together (1 suits a CPU); ``everything_options`` go to segment-anything's automatic mask generator."""
     handlers = Handlers(models, everything_options=everything_options)
-    heavy = dict(concurrency_id=HEAVY, concurrency_limit=concurrency_limit, api_visibility="private")
+    # Light events one at a time (they are quick), so that two clicks of one visitor are recorded in turn.
+    light = dict(concurrency_id=LIGHT, concurrency_limit=1, api_visibility="private", show_progress="hidden")
+    heavy = dict(concurrency_id=HEAVY, concurrency_limit=concurrency_limit, api_visibility="private",
+                 show_progress="hidden")
     with Blocks(title="Canonicalized SAM", delete_cache=(3600, 3600)) as demo:
         session = gr.State(Session(), time_to_live=4 * 3600)
-        gr.Markdown(INTRO)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=300):
-                upload = gr.Image(label="1 · Photo", type="filepath", sources=["upload", "clipboard"], height=240,
-                                  buttons=["fullscreen"], elem_id="upload")
-                examples = gr.Examples([[str(EXAMPLES_DIR / name)] for name, _ in EXAMPLES], inputs=upload,
-                                       example_labels=[caption for _, caption in EXAMPLES], label="Examples")
-                gr.Markdown("**2 · Turn the photo** (counter-clockwise)")
+        shown = gr.State(Shown(), time_to_live=4 * 3600)
+        gr.Markdown(INTRO, elem_id="intro")
+        with gr.Row(equal_height=False, elem_id="workspace"):
+            with gr.Column(scale=1, min_width=250, elem_id="controls"):
+                upload = gr.Image(label="Your photo", type="filepath", sources=["upload", "clipboard"], height=150,
+                                  elem_id="upload")
+                examples = gr.Gallery(_example_thumbnails(), label="Examples: click one", columns=3, rows=2,
+                                      height=210, allow_preview=False, object_fit="cover", format="png",
+                                      elem_id="examples")
+                gr.Markdown(EXAMPLES_NOTE, elem_id="examples-note")
+                angle = gr.Slider(0, 360, value=0, step=1, label="Turn (degrees, counter-clockwise)",
+                                  info="Beyond quarter turns, the tilt left is not undone.", elem_id="angle")
                 with gr.Row():
-                    turns = {angle: gr.Button(f"{angle}°", size="sm", min_width=60) for angle in (0, 90, 180, 270)}
-                angle = gr.Slider(0, 360, value=0, step=1, label="Any angle",
-                                  info="Beyond quarter turns, the remaining tilt is not undone by the canonicalizer.")
-                mode = gr.Radio(list(CLICK_MODES), value=next(iter(CLICK_MODES)), label="3 · A click on the photo adds")
-                with gr.Row():
-                    undo = gr.Button("Undo", size="sm")
-                    clear = gr.Button("Clear", size="sm")
-                everything = gr.Button("Segment everything", size="sm")
-                with gr.Row():
-                    sam = gr.Dropdown(models.sam_choices, value=models.default_sam, label="SAM size",
-                                      info="Downloaded from the Hugging Face Hub on first use (vit_b: 375 MB, "
-                                           "vit_h: 2.5 GB).")
-                    multimask = gr.Checkbox(True, label="3 candidate masks per prompt",
-                                            info="SAM's multimask output, best first")
-            with gr.Column(scale=3, min_width=360):
-                view = gr.Image(label="Turned photo: click here to prompt SAM", interactive=False, height=480,
-                                buttons=["fullscreen"], elem_id="view")
+                    turns = {value: gr.Button(f"{value}°", size="sm", min_width=50) for value in (0, 90, 180, 270)}
+            with gr.Column(scale=4, min_width=300):
                 status = gr.Markdown(HOW_TO, elem_id="status")
-        panel_note = gr.Markdown(NO_RESULTS, elem_id="panel-note")
-        with gr.Row():
-            sam_image = gr.Image(label="SAM alone", interactive=False, height=400, format="png", elem_id="sam-alone")
-            canonicalized_image = gr.Image(label="SAM + canonicalizer", interactive=False, height=400, format="png",
-                                           elem_id="sam-canonicalized")
+                with gr.Row(equal_height=True, elem_id="panels"):
+                    view = gr.Image(label="Turned photo: click to prompt SAM", interactive=False, height=PANEL_HEIGHT,
+                                    buttons=["fullscreen"], elem_id="view", min_width=300, scale=1)
+                    with gr.Row(elem_id="results", scale=2):
+                        sam_image = gr.Image(label="SAM alone", interactive=False, height=PANEL_HEIGHT, format="png",
+                                             buttons=["fullscreen"], elem_id="sam-alone", min_width=140)
+                        canonicalized_image = gr.Image(label="SAM + canonicalizer", interactive=False,
+                                                       height=PANEL_HEIGHT, format="png", buttons=["fullscreen"],
+                                                       elem_id="sam-canonicalized", min_width=140)
+                verdict = gr.Markdown(elem_id="verdict")
+                with gr.Row(equal_height=True, elem_id="prompting"):
+                    mode = gr.Radio(list(CLICK_MODES), value=next(iter(CLICK_MODES)), label="A click adds", scale=3,
+                                    elem_id="mode")
+                    with gr.Column(scale=2, min_width=220):
+                        with gr.Row():
+                            undo = gr.Button("Undo", size="sm", min_width=60)
+                            clear = gr.Button("Clear", size="sm", min_width=60)
+                        everything = gr.Button("Segment everything", size="sm")
+                with gr.Row(equal_height=True, elem_id="display"):
+                    show = gr.Radio(list(SHOW), value=SHOW[0], label="The panels show", scale=3, elem_id="show")
+                    opacity = gr.Slider(0, 1, value=Display().opacity, step=0.05, label="Mask fill", scale=2,
+                                        elem_id="opacity")
+                    sam = gr.Dropdown(models.sam_choices, value=models.default_sam, label="SAM size", scale=3,
+                                      min_width=240, elem_id="sam-size")
+                    multimask = gr.Checkbox(True, label="3 candidates per prompt", scale=2, min_width=160)
         with gr.Row():
             probabilities = gr.Label(label="Canonicalizer's guess", num_top_classes=4, scale=1,
                                      elem_id="probabilities")
-            canonical = gr.Image(label="What SAM is shown after canonicalization", interactive=False, height=260,
-                                 scale=1, buttons=["fullscreen"])
+            canonical = gr.Image(label="What SAM + canonicalizer is shown", interactive=False, height=260,
+                                 scale=1, buttons=["fullscreen"], elem_id="canonical")
             with gr.Column(scale=2):
                 details = gr.Markdown(elem_id="details")
                 downloads = gr.File(label="Masks of both panels: PNG (labels in the panel colours) and COCO RLE JSON",
@@ -526,25 +822,37 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
         with gr.Accordion("Sweep: the same prompts at 0°, 90°, 180° and 270°", open=True):
             with gr.Row():
                 sweep_button = gr.Button("Run sweep", size="sm", scale=0, min_width=140)
-                sweep_summary = gr.Markdown("The canonicalized row should be identical at every angle; SAM alone "
-                                            "drifts. (Costs up to five image embeddings.)", elem_id="sweep-summary")
-            sweep_gallery = gr.Gallery(label="Best mask at each rotation, turned back upright", columns=4, height=700,
+                sweep_summary = gr.Markdown(SWEEP_INTRO, elem_id="sweep-summary")
+            sweep_gallery = gr.Gallery(label="Best mask at each rotation, turned back upright", columns=4, height="auto",
                                        object_fit="contain", format="png", visible=False, elem_id="sweep")
 
-        page = [session, status, view, panel_note, sam_image, canonicalized_image, probabilities, canonical, details,
-                downloads]
-        options = [sam, multimask]
-        upload.change(handlers.photo, [session, upload], page, preprocess=False, **heavy)
+        page = [session, shown, status, view, verdict, sam_image, canonicalized_image, probabilities, canonical,
+                details, downloads, sweep_gallery, sweep_summary, angle, upload]
+        assert len(page) == len(Page._fields)
+        options = [sam, multimask, show, opacity]
+
+        def then_sam(event):
+            """A light event, then SAM's part for the session it leaves."""
+            event.then(handlers.sam_step, [session, shown, *options], page, **heavy)
+
+        # .upload and .clear, not .change: a photo the page puts in the box (an example) is not a second upload.
+        then_sam(upload.upload(handlers.photo, [session, upload], page, preprocess=False, **light))
+        upload.clear(handlers.photo, [session, upload], page, preprocess=False, **light)
+        then_sam(examples.select(handlers.example, [session], page, **light))
         for value, button in turns.items():
-            button.click(lambda value=value: value, None, angle, queue=False, api_visibility="private").then(
-                handlers.rotate, [session, angle, *options], page, **heavy)
-        angle.release(handlers.rotate, [session, angle, *options], page, **heavy)
-        view.select(handlers.click, [session, mode, *options], page, **heavy)
-        undo.click(handlers.undo, [session, *options], page, **heavy)
-        clear.click(handlers.clear, [session, *options], page, **heavy)
-        everything.click(handlers.everything, [session, *options], page, **heavy)
-        gr.on([sam.change, multimask.change], handlers.options, [session, *options], page, **heavy)
-        sweep_button.click(handlers.sweep, [session, *options], [sweep_gallery, sweep_summary], **heavy)
+            then_sam(button.click(handlers.turn(value), [session, shown], page, **light))
+            button.click(None, js=SHOW_VIEW_ON_PHONE)
+        then_sam(angle.input(handlers.rotate, [session, shown, angle], page, trigger_mode="always_last", **light))
+        then_sam(angle.release(handlers.rotate, [session, shown, angle], page, **light))
+        then_sam(view.select(handlers.click, [session, shown, mode], page, trigger_mode="multiple", **light))
+        then_sam(undo.click(handlers.undo, [session, shown], page, **light))
+        then_sam(clear.click(handlers.clear, [session, shown], page, **light))
+        then_sam(everything.click(handlers.everything, [session, shown], page, **light))
+        gr.on([show.change, opacity.release], handlers.redraw, [session, shown, show, opacity], page, **light)
+        gr.on([sam.input, multimask.input], handlers.options, [session, shown, *options], page, **heavy)
+        sweep_button.click(handlers.sweep, [session, shown, sam, multimask], [sweep_gallery, sweep_summary, shown],
+                           **(heavy | {"show_progress": "full"}))
+        demo.load(handlers.welcome, None, [sam, status], api_visibility="private", queue=False)
 
         # The named API for gradio_client (see README), on components that are never shown.
         with gr.Column(visible=False):
@@ -561,12 +869,13 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
             api_segment, api_canonicalize = gr.Button(), gr.Button()
         # preprocess=False: the photo arrives as a file payload and is decoded by canon.images, whose messages
         # say what is wrong with it.
-        api = dict(heavy, api_visibility="public", preprocess=False)
+        api = dict(concurrency_id=HEAVY, concurrency_limit=concurrency_limit, api_visibility="public",
+                   preprocess=False)
         api_segment.click(handlers.api_segment, [api_image, api_angle, api_points, api_box, api_sam, api_multimask],
                           [api_sam_overlay, api_canonicalized_overlay, api_info], api_name="segment", **api)
         api_canonicalize.click(handlers.api_canonicalize, [api_image, api_angle], [api_canonical, api_info],
-                               api_name="canonicalize", **api)
-    handlers.uploads.bind(demo, examples)
+                               api_name="canonicalize", **(api | {"concurrency_id": LIGHT, "concurrency_limit": 1}))
+    handlers.uploads.bind(demo)
     return demo
 
 

@@ -26,7 +26,9 @@ from . import geometry, maskio, schema
 from .canonicalizer import Canonicalization, Canonicalizer
 from .images import load_photo
 from .prompts import MAX_POINTS, Prompts
-from .registry import ModelUnavailableError, default_sam, sam_names
+from .registry import ModelUnavailableError, default_sam, registered_sam, sam_availability, sam_names
+from .render import difference, outlined
+from .runtime import image_digest
 from .segmenter import DualResult, EquivariantSegmenter, PathResult, SamBackend, SweepEntry
 
 log = logging.getLogger(__name__)
@@ -96,13 +98,37 @@ class Models:
     def segmenter(self, choice: str) -> EquivariantSegmenter:
         return EquivariantSegmenter(self.canonicalizer, self.sam(choice))
 
+    def loaded(self, choice: str) -> SamBackend | None:
+        """The backend of ``choice`` if it is in memory now (nothing is loaded)."""
+        source = self.sam_sources.get(choice)
+        return source if isinstance(source, SamBackend) else self._loaded.get(choice)
+
+    def availability(self, choice: str) -> str:
+        """Whether ``choice`` can be had, found without loading or downloading anything: ``"here"`` (in memory, a
+        local file, or in the Hugging Face cache), ``"hub"`` (downloaded on first use) or ``"missing"`` (a local file
+        that is not there, the Hub out of reach, or a failure remembered)."""
+        source = self.sam_sources[choice]
+        if isinstance(source, SamBackend) or choice in self._loaded:
+            return "here"
+        if time.monotonic() - self._failures.get(choice, (-np.inf, ""))[0] < self.retry_after_s:
+            return "missing"
+        if source in sam_names():
+            state = sam_availability(source)
+            return "missing" if state == "offline" else state
+        return "here" if Path(source).is_file() else "missing"
+
 
 def sam_sources(sam: str | None = None) -> tuple[dict[str, str], str]:
     """The SAMs to offer (label -> registry name or local checkpoint path) and the one selected first: every SAM of
-    the weight registry, and ``sam`` (a registry name, or a local ``.pth`` offered first as "<file> (local)")."""
+    the weight registry, and ``sam`` (a registry name, or a local ``.pth`` offered first as "<file> (local)").
+    A local file that is a registered checkpoint (its sha256 says so) is offered under that name instead, so the
+    menu lists it once and an API call naming it (``"vit_b"``) reaches it."""
     sources = {name: name for name in sam_names()}
     if sam is None or sam in sources:
         return sources, sam or default_sam()
+    known = registered_sam(sam)
+    if known is not None:
+        return sources | {known: sam}, known
     label = f"{Path(sam).name} (local)"
     return {label: sam, **sources}, label
 
@@ -134,7 +160,8 @@ class Click:
 @dataclass(frozen=True, eq=False)  # eq=False: comparing sessions would compare photos element by element
 class Session:
     """One visitor's state: the upright photo (``H x W x 3`` uint8, or None), the angle it is shown at (degrees,
-    counter-clockwise), the clicks in order, and whether "segment everything" is what SAM was last asked.
+    counter-clockwise), the clicks in order, and whether "segment everything" is what SAM was last asked (the
+    clicks are kept meanwhile: undo goes back to them). ``photo_id`` is the photo's digest.
 
     Immutable: every change returns a new session. Corner clicks pair up into a box; the last complete pair is the
     box, a last unpaired corner waits for its partner.
@@ -144,9 +171,16 @@ class Session:
     angle: float = 0.0
     clicks: tuple[Click, ...] = ()
     everything: bool = False
+    photo_id: str = ""
 
-    def with_photo(self, photo: np.ndarray) -> "Session":
-        return Session(photo=photo, angle=self.angle)
+    def with_photo(self, photo: np.ndarray, angle: float = 0.0) -> "Session":
+        """A new photo, shown at ``angle``, without prompts."""
+        return Session(photo=photo, photo_id=image_digest(photo)).rotated_to(angle)
+
+    @property
+    def key(self) -> tuple:
+        """What SAM's answer depends on: equal keys, equal requests."""
+        return self.photo_id, self.angle, self.clicks, self.everything
 
     def rotated_to(self, angle: float) -> "Session":
         geometry.split_degrees(angle)  # raises on a non-finite angle
@@ -183,13 +217,14 @@ class Session:
         return replace(self, clicks=tuple(clicks), everything=False)
 
     def undone(self) -> "Session":
-        return replace(self, clicks=self.clicks[:-1], everything=False)
+        """The last click taken back; after "segment everything", the prompts from before it."""
+        return replace(self, clicks=self.clicks if self.everything else self.clicks[:-1], everything=False)
 
     def cleared(self) -> "Session":
         return replace(self, clicks=(), everything=False)
 
     def asking_everything(self) -> "Session":
-        return replace(self, clicks=(), everything=True)
+        return replace(self, everything=True)
 
     @property
     def has_prompts(self) -> bool:
@@ -284,6 +319,21 @@ def run(models: Models, session: Session, sam_choice: str, multimask: bool = Tru
                    agreement=schema.agreement(result, session.everything))
 
 
+def embeddings_to_prepare(models: Models, session: Session, sam_choice: str) -> list[tuple[str, np.ndarray]]:
+    """The images of the session's view whose SAM embeddings are not cached yet, in the order to compute them (see
+    :meth:`EquivariantSegmenter.images_needed`): what a click on the view would otherwise wait for. Loads SAM
+    (:class:`ModelUnavailableError` when it cannot be had)."""
+    segmenter = models.segmenter(sam_choice)
+    return [(name, image) for name, image in segmenter.images_needed(session.view())
+            if not segmenter.sam.has_embedding(image)]
+
+
+def embed(models: Models, sam_choice: str, image: np.ndarray) -> float:
+    """SAM's embedding of ``image`` computed into the cache (the encoder alone: on ZeroGPU, the one part that needs
+    the GPU); the encoder's time in ms, 0.0 when it was cached already."""
+    return models.sam(sam_choice).embed(image)
+
+
 def sweep(models: Models, session: Session, sam_choice: str, multimask: bool = True) -> list[SweepEntry]:
     """The session's prompts on its reference image turned by 0, 90, 180 and 270 degrees, both paths, results in
     the reference frame (see :meth:`EquivariantSegmenter.sweep`). Raises ``ValueError`` without prompts and
@@ -294,6 +344,39 @@ def sweep(models: Models, session: Session, sam_choice: str, multimask: bool = T
 
 
 # ------------------------------------------------------------------------------------------- drawing, downloads
+
+
+SHOW = ("best mask", "all candidates", "difference")  # what the result panels draw
+
+
+@dataclass(frozen=True)
+class Display:
+    """How the result panels draw masks: ``show`` one of :data:`SHOW` (the best mask; every candidate, best on top;
+    or where the two panels' best masks disagree) and the fill's ``opacity`` in [0, 1] (outlines are always drawn)."""
+
+    show: str = SHOW[0]
+    opacity: float = 0.35
+
+    def __post_init__(self):
+        if self.show not in SHOW:
+            raise ValueError(f"show one of: {', '.join(SHOW)}")
+        if not (isinstance(self.opacity, (int, float)) and 0.0 <= self.opacity <= 1.0):
+            raise ValueError("the mask opacity is a number from 0 to 1")
+
+
+def draw_panels(view: np.ndarray, result: DualResult, display: Display) -> tuple[np.ndarray, np.ndarray]:
+    """The two result panels, SAM alone and SAM + canonicalizer, drawn over ``view`` (``H x W x 3`` uint8, the
+    frame of both results' masks) as ``display`` says."""
+    sam, canonicalized = result.sam.masks, result.canonicalized.masks
+    if display.show == "difference":
+        empty = np.zeros(view.shape[:2], bool)
+        best_sam = sam[0] if len(sam) else empty
+        best_canonicalized = canonicalized[0] if len(canonicalized) else empty
+        return (difference(view, best_sam, best_canonicalized, display.opacity),
+                difference(view, best_canonicalized, best_sam, display.opacity))
+    if display.show == "best mask":
+        sam, canonicalized = sam[:1], canonicalized[:1]
+    return outlined(view, sam, display.opacity), outlined(view, canonicalized, display.opacity)
 
 
 def draw_prompts(image: np.ndarray, prompts: Prompts, pending: np.ndarray | None = None) -> np.ndarray:

@@ -214,6 +214,32 @@ def resolve_sam_checkpoint(
     return path
 
 
+def sam_availability(name: str, *, cache_dir: str | os.PathLike | None = None, registry: Registry = None) -> str:
+    """Where the registered SAM ``name`` would come from, found without touching the network: ``"here"`` (in the
+    weights folder or the Hugging Face cache), ``"hub"`` (downloaded on first use) or ``"offline"`` (neither, and
+    HF_HUB_OFFLINE is set). A file found is checked only when it is loaded."""
+    spec = sam_spec(name, registry=registry)
+    if (WEIGHTS_DIR / PurePosixPath(spec.filename).name).is_file() or isinstance(
+            try_to_load_from_cache(spec.repo_id, spec.filename, cache_dir=cache_dir, revision=spec.revision), str):
+        return "here"
+    return "offline" if _offline() else "hub"
+
+
+def registered_sam(path: str | os.PathLike, *, registry: Registry = None) -> str | None:
+    """The name of the registered SAM whose pinned sha256 the checkpoint at ``path`` has, or None (a file whose
+    size differs from a known pinned size is not hashed)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    size = path.stat().st_size
+    candidates = [name for name, entry in _registry(registry)["sam"].items()
+                  if entry.get("sha256") and entry.get("size") in (None, size)]
+    if not candidates:
+        return None
+    digest = sha256_file(path)
+    return next((name for name in candidates if _registry(registry)["sam"][name]["sha256"] == digest), None)
+
+
 def resolve_canonicalizer_dir(
     name_or_path: str | os.PathLike | CanonicalizerSpec,
     *,

@@ -7,7 +7,8 @@
 and as segmented; masks and prompts are in the processed frame).
 ``path_record``: ``{"scores", "encoder_ms", "decoder_ms", "cached", "masks"}``, ``masks`` being the COCO RLE
 document of :func:`canon.maskio.to_coco` (best mask first).
-``segment_record``: a decision record with ``"iou"`` (the agreement of the two paths), ``"sam"`` and
+``segment_record``: a decision record with ``"iou"`` (the agreement of the two paths, null when neither found a
+mask), ``"sam"`` and
 ``"canonicalized"`` (path records). Mask files are :func:`canon.maskio.save_masks`' PNG + JSON pair per path.
 """
 
@@ -50,15 +51,20 @@ def path_record(result: PathResult) -> dict:
             "cached": result.cached, "masks": maskio.to_coco(result.masks, result.scores)}
 
 
-def segment_record(result: DualResult, rotation_deg: float, agreement: float,
+def segment_record(result: DualResult, rotation_deg: float, agreement: float | None,
                    residual_tilt_deg: float = 0.0) -> dict:
     """Both paths' results on one photo, with the decision and the agreement (IoU) of the two."""
     return decision_record(result.canonicalization, rotation_deg, residual_tilt_deg) | {
         "iou": agreement, "sam": path_record(result.sam), "canonicalized": path_record(result.canonicalized)}
 
 
-def agreement(result: DualResult, everything: bool = False) -> float:
-    """IoU of the two paths' best masks; for "segment everything", of the areas their masks cover."""
+def agreement(result: DualResult, everything: bool = False) -> float | None:
+    """IoU of the two paths' best masks; for "segment everything", of the areas their masks cover. None when
+    neither path found a mask: two empty answers agree on nothing."""
+    if len(result.sam.masks) == 0 and len(result.canonicalized.masks) == 0:
+        return None
+    if len(result.sam.masks) == 0 or len(result.canonicalized.masks) == 0:
+        return 0.0
     if everything:
         return mask_iou(result.sam.masks.any(axis=0), result.canonicalized.masks.any(axis=0))
     return mask_iou(result.sam.masks[0], result.canonicalized.masks[0])

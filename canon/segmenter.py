@@ -178,9 +178,13 @@ class _CachingPredictor(SamPredictor):
         self.cache: OrderedDict[str, _CachedImage] = OrderedDict()
         self.current: _CachedImage | None = None
         self.last_hit, self.last_encoder_ms = False, 0.0
+        self.measured_encoder_ms: float | None = None  # the latest embedding computed here (not from the cache)
+
+    def key(self, image: np.ndarray, image_format: str = "RGB") -> str:
+        return f"{self.name}:{image_format}:{image_digest(image)}"
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        key = f"{self.name}:{image_format}:{image_digest(image)}"
+        key = self.key(image, image_format)
         entry = self.cache.get(key)
         self.last_hit = entry is not None
         if entry is not None:
@@ -192,7 +196,7 @@ class _CachingPredictor(SamPredictor):
             start = time.perf_counter()
             with torch.inference_mode():
                 super().set_image(image, image_format)
-            self.last_encoder_ms = (time.perf_counter() - start) * 1000.0
+            self.last_encoder_ms = self.measured_encoder_ms = (time.perf_counter() - start) * 1000.0
             entry = self.cache[key] = _CachedImage(self.features, self.original_size, self.input_size)
             while len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
@@ -246,6 +250,22 @@ class SamBackend:
         """Resolve a model name from the weight registry or a local ``.pth`` (see :mod:`canon.registry`), load it."""
         path = resolve_sam_checkpoint(name_or_path)
         return cls(load_sam(path), name=name_or_path, device=pick_device(device), cache_size=cache_size)
+
+    def embed(self, image: np.ndarray) -> float:
+        """Compute SAM's embedding of an ``H x W x 3`` uint8 image into the cache (a later request on the same image
+        runs the decoder only); return the encoder's time in ms, 0.0 when it was cached already."""
+        with self._lock, torch.inference_mode():
+            self.predictor.set_image(image)
+            return self.predictor.last_encoder_ms
+
+    def has_embedding(self, image: np.ndarray) -> bool:
+        """Whether the embedding of ``image`` is in the cache."""
+        return self.predictor.key(image) in self.predictor.cache
+
+    @property
+    def encoder_ms(self) -> float | None:
+        """How long this backend's latest embedding took (ms), None before the first: the page's estimate."""
+        return self.predictor.measured_encoder_ms
 
     def predict(self, image: np.ndarray, prompts: Prompts, multimask: bool = True) -> PathResult:
         """Masks for ``prompts`` on an ``H x W x 3`` uint8 image: ``3`` masks when ``multimask`` (best first), else 1."""
@@ -336,6 +356,14 @@ class EquivariantSegmenter:
         """Both paths in "segment everything" mode (see :meth:`SamBackend.everything`)."""
         return self._both_paths(image, lambda shown, k: self.sam.everything(shown, points_per_side,
                                                                              **generator_options))
+
+    def images_needed(self, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The images whose SAM embeddings a request on ``image`` needs, canonical first (it serves the path that
+        any later turn of the photo shares): ``("canonical", image turned back)`` and, when the canonicalizer turns
+        the photo, ``("turned", image)``; when it leaves the photo as it is, the one image serves both paths."""
+        decision = self.canonicalizer.canonicalize(image)
+        needed = [("canonical", decision.canonical_image)]
+        return needed + [("turned", image)] if decision.k != 0 else needed
 
     def _both_paths(self, image: np.ndarray, run) -> DualResult:
         """``run(shown, k)`` answers the request on ``shown``, which is ``image`` turned by ``-k`` quarter turns

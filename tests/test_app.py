@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -27,7 +28,7 @@ import app
 from app_server import received, serve, standin_models
 from canon import geometry, maskio
 from benchmarks.app_memory import free_port
-from canon.demo import CLICK_KINDS, Click, ExportFolder, Session, run
+from canon.demo import CLICK_KINDS, SHOW, Click, ExportFolder, Session, run
 from canon.render import PALETTE, PALETTE_NAMES
 from canon.prompts import MAX_POINTS
 from conftest import REPO
@@ -88,6 +89,59 @@ def test_export_folder_keeps_the_latest_exports_only(models, loaded):
 # ---------------------------------------------------------------------------------------------- event functions
 
 
+class Screen:
+    """What one visitor's page shows, event after event, as Gradio keeps it: each output's latest value (an event's
+    SKIP leaves it as it was). ``light`` runs a light event; ``then_sam`` then runs the heavy step that follows it, for
+    the session the page holds by then, and keeps every status line it showed."""
+
+    def __init__(self, handlers, sam: str = "standin", multimask: bool = True, show: str = SHOW[0],
+                 opacity: float = 0.35):
+        self.handlers, self.options = handlers, [sam, multimask, show, opacity]
+        self.values = {name: None for name in app.Page._fields} | {"session": None, "shown": None}
+        self.statuses: list[str] = []
+
+    def __getattr__(self, name):
+        return self.__dict__["values"][name] if name in app.Page._fields else super().__getattribute__(name)
+
+    def apply(self, page: app.Page) -> app.Page:
+        for name, value in page._asdict().items():
+            if value is not app.SKIP:
+                self.values[name] = value
+        if getattr(page, "status", app.SKIP) is not app.SKIP:
+            self.statuses.append(page.status)
+        return page
+
+    def light(self, event, *args, request=None) -> "Screen":
+        self.apply(event(*args, request=request) if request is not None else event(*args))
+        return self
+
+    def then_sam(self, request=None) -> "Screen":
+        for page in self.handlers.sam_step(self.session, self.shown, *self.options, request=request):
+            self.apply(page)
+        return self
+
+    def load(self, path) -> "Screen":
+        return self.light(self.handlers.photo, self.session, received(self.handlers, str(path))).then_sam()
+
+    def click(self, x: int, y: int, mode: str = OBJECT) -> "Screen":
+        return self.light(self.handlers.click, self.session, self.shown, mode, select(x, y)).then_sam()
+
+    def turn(self, angle) -> "Screen":
+        return self.light(self.handlers.rotate, self.session, self.shown, angle).then_sam()
+
+
+class Visitor:
+    """A stand-in for Gradio's request: the session hash that names one visitor."""
+
+    def __init__(self, name: str):
+        self.session_hash = name
+
+
+@pytest.fixture
+def screen(handlers) -> Screen:
+    return Screen(handlers).load(CAT)
+
+
 def test_every_palette_colour_has_a_name():
     assert len(PALETTE_NAMES) == len(PALETTE) == len(set(PALETTE_NAMES))
     assert set(app.CLICK_MODES.values()) == set(CLICK_KINDS)
@@ -97,92 +151,184 @@ def test_a_new_photo_shows_the_canonicalizer_at_once(loaded):
     assert "Photo loaded" in loaded.status and not loaded.status.startswith("⚠")
     assert loaded.view.shape == (480, 640, 3) and loaded.session.photo.shape == (480, 640, 3)
     assert set(loaded.probabilities) == {"turned 0°", "turned 90°", "turned 180°", "turned 270°"}
-    assert top(loaded) == "turned 0°"
+    assert top(loaded) == "turned 0°" and loaded.angle == 0
     assert loaded.canonical.shape == (480, 640, 3)
     assert loaded.sam is None and loaded.canonicalized is None and loaded.downloads is None
-    assert "**Canonicalizer:**" in loaded.details
+    assert "**Canonicalizer:**" in loaded.details and "Both panels see the same image" in loaded.verdict
 
 
-def test_turn_then_click_shows_both_results(handlers, loaded):
-    turned = handlers.rotate(loaded.session, 90, "standin", True)
-    assert turned.view.shape == (640, 480, 3) and top(turned) == "turned 90°"
-    assert np.array_equal(turned.canonical, loaded.canonical)  # SAM is shown the same upright photo
-    assert turned.sam is None
-    page = handlers.click(turned.session, OBJECT, "standin", True, select(240, 320))
-    assert not page.status.startswith("⚠"), page.status
-    for panel in (page.sam, page.canonicalized):
-        assert panel.shape == (640, 480, 3) and tinted(panel, turned.view) > 0.01
-    assert "Agreement" in page.details and "blue: score" in page.details and page.panel_note == app.LEGEND
-    assert sorted(Path(p).name for p in page.downloads) == [
+def test_sam_embeds_the_photo_before_the_first_click(handlers, models, tmp_path):
+    """Embedding ahead: once the heavy step after a photo or turn has run, a click runs the decoders only; the
+    canonical image is embedded first, and once for every turn of the photo."""
+    mirrored = tmp_path / "mirrored_cat.png"  # a photo no other test has embedded
+    Image.open(CAT).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    screen = Screen(handlers).load(mirrored)
+    assert any("image embedding 1 of 1: the image the canonicalizer hands SAM" in s for s in screen.statuses)
+    screen.statuses.clear()
+    screen.turn(270)
+    assert "SAM is ready" in screen.status
+    assert [s for s in screen.statuses if "image embedding" in s] == [
+        "⏳ SAM's image embedding 1 of 1: the turned photo, for SAM alone (about 1 s here, once per photo and "
+        "turn; your clicks are kept meanwhile)…"]
+    backend = models.sam("standin")
+    assert backend.has_embedding(screen.session.view())
+    screen.click(240, 320)
+    assert screen.status.startswith("Done") and "| image encoder | cached | cached |" in screen.details
+
+
+def test_turn_then_click_shows_both_results(screen):
+    screen.light(screen.handlers.turn(90), screen.session, screen.shown).then_sam()
+    assert screen.angle == 90 and screen.view.shape == (640, 480, 3) and top(screen) == "turned 90°"
+    assert "You turned the photo 90°: ✔ matches (assuming your photo was upright)" in screen.verdict
+    assert screen.sam is None
+    before = screen.view
+    screen.click(240, 320)
+    assert not screen.status.startswith("⚠"), screen.status
+    for panel in (screen.sam, screen.canonicalized):
+        assert panel.shape == (640, 480, 3) and tinted(panel, before) > 0.01
+    assert "Agreement of the two panels" in screen.verdict and "blue: score" in screen.details
+    assert sorted(Path(p).name for p in screen.downloads) == [
         "sam_alone.json", "sam_alone.png", "sam_canonicalized.json", "sam_canonicalized.png"]
-    assert downloaded_masks(page, "sam_canonicalized").shape == (3, 640, 480)
+    assert downloaded_masks(screen, "sam_canonicalized").shape == (3, 640, 480)
 
 
-def test_prompts_turn_with_the_photo_and_the_canonicalized_masks_exactly(handlers, loaded):
-    upright = handlers.click(loaded.session, OBJECT, "standin", True, select(320, 240))
+def test_prompts_turn_with_the_photo_and_the_canonicalized_masks_exactly(screen):
+    screen.click(320, 240)
+    upright = downloaded_masks(screen, "sam_canonicalized")
     for angle in (90, 270):
-        turned = handlers.rotate(upright.session, angle, "standin", True)
+        screen.turn(angle)
         k = angle // 90
-        assert np.array_equal(downloaded_masks(turned, "sam_canonicalized"),
-                              geometry.rotate_masks(downloaded_masks(upright, "sam_canonicalized"), k))
-        np.testing.assert_allclose(turned.session.prompts().points,
+        assert np.array_equal(downloaded_masks(screen, "sam_canonicalized"), geometry.rotate_masks(upright, k))
+        np.testing.assert_allclose(screen.session.prompts().points,
                                    geometry.rotate_points([[320.5, 240.5]], k, (480, 640)))
 
 
-def test_a_box_takes_two_clicks(handlers, loaded):
-    first = handlers.click(loaded.session, BOX, "standin", True, select(100, 80))
-    assert "opposite corner" in first.status and first.sam is None
-    second = handlers.click(first.session, BOX, "standin", True, select(400, 300))
-    assert second.session.prompts().box.tolist() == [100.5, 80.5, 400.5, 300.5]
-    assert second.sam is not None and len(downloaded_masks(second, "sam_alone")) == 3
+def test_the_slider_release_after_its_input_does_nothing_twice(screen):
+    screen.turn(90)
+    assert screen.handlers.rotate(screen.session, screen.shown, 90) == app.Page()
 
 
-def test_background_points_undo_and_clear(handlers, loaded):
-    one = handlers.click(loaded.session, OBJECT, "standin", False, select(320, 240))
-    two = handlers.click(one.session, BACKGROUND, "standin", False, select(20, 20))
-    assert two.session.prompts().labels.tolist() == [1, 0]
-    assert len(downloaded_masks(two, "sam_alone")) == 1  # multimask off
-    undone = handlers.undo(two.session, "standin", False)
-    assert undone.session.prompts().labels.tolist() == [1] and undone.sam is not None
-    cleared = handlers.clear(undone.session, "standin", False)
-    assert not cleared.session.has_prompts and cleared.sam is None and "Agreement" not in cleared.details
-    assert cleared.probabilities is not None
+def test_a_box_takes_two_clicks(screen):
+    screen.click(100, 80, BOX)
+    assert "opposite corner" in screen.status and screen.sam is None
+    screen.click(400, 300, BOX)
+    assert screen.session.prompts().box.tolist() == [100.5, 80.5, 400.5, 300.5]
+    assert screen.sam is not None and len(downloaded_masks(screen, "sam_alone")) == 3
 
 
-def test_a_free_angle_keeps_its_tilt_and_says_so(handlers, loaded):
-    tilted = handlers.rotate(loaded.session, 100, "standin", True)
-    assert tilted.view.shape[:2] == geometry.free_rotated_size((480, 640), 100)
-    assert "tilted by +10°" in tilted.details and top(tilted) == "turned 90°"
-    corner = handlers.click(tilted.session, OBJECT, "standin", True, select(1, 1))
-    assert corner.status.startswith("⚠ that click is in a corner") and corner.session is tilted.session
-    assert all(value == gr.skip() for value in corner[2:])  # the panels keep what they show
+def test_background_points_undo_and_clear(handlers):
+    screen = Screen(handlers, multimask=False).load(CAT).click(320, 240).click(20, 20, BACKGROUND)
+    assert screen.session.prompts().labels.tolist() == [1, 0]
+    assert len(downloaded_masks(screen, "sam_alone")) == 1  # multimask off
+    screen.light(handlers.undo, screen.session, screen.shown).then_sam()
+    assert screen.session.prompts().labels.tolist() == [1] and screen.sam is not None
+    screen.light(handlers.clear, screen.session, screen.shown).then_sam()
+    assert not screen.session.has_prompts and screen.sam is None and screen.downloads is None
+    assert screen.probabilities is not None and "Agreement" not in screen.verdict
 
 
-def test_segment_everything(handlers, loaded):
-    page = handlers.everything(loaded.session, "standin", True)
-    assert page.session.everything and not page.status.startswith("⚠")
-    assert page.sam is not None and "areas covered" in page.details
-    assert re.search(r"\| masks \| \d+ masks \| \d+ masks \|", page.details)
+def test_a_free_angle_keeps_its_tilt_and_says_so(screen):
+    screen.turn(100)
+    assert screen.view.shape[:2] == geometry.free_rotated_size((480, 640), 100) and top(screen) == "turned 90°"
+    assert "You turned the photo 90° plus a +10° tilt it cannot undo" in screen.verdict
+    session = screen.session
+    corner = screen.handlers.click(session, screen.shown, OBJECT, select(1, 1))
+    assert corner.status.startswith("⚠ that click is in a corner") and corner.session is app.SKIP
+    assert all(value is app.SKIP for name, value in corner._asdict().items() if name != "status")
 
 
-def test_sweep_shows_the_canonicalized_row_identical(handlers, loaded):
-    gallery, summary = handlers.sweep(loaded.session, "standin", True)
-    assert summary.startswith("⚠ add a point") and not gallery.visible
-    clicked = handlers.click(loaded.session, OBJECT, "standin", True, select(320, 240)).session
-    gallery, summary = handlers.sweep(clicked, "standin", True)
-    assert gallery.visible and len(gallery.value) == 8
-    assert "SAM + canonicalizer 1.00 / 1.00 / 1.00" in summary
+def test_segment_everything_keeps_the_clicks(screen):
+    screen.click(320, 240)
+    clicks = screen.session.clicks
+    screen.light(screen.handlers.everything, screen.session, screen.shown).then_sam()
+    assert screen.session.everything and not screen.status.startswith("⚠")
+    assert screen.sam is not None and "areas covered" in screen.verdict
+    assert re.search(r"\| masks \| \d+ masks \| \d+ masks \|", screen.details)
+    screen.light(screen.handlers.undo, screen.session, screen.shown).then_sam()
+    assert not screen.session.everything and screen.session.clicks == clicks  # the prompts from before
 
 
-def test_without_sam_the_canonicalizer_still_answers(handlers, loaded, caplog):
+def test_segment_everything_without_masks_says_so(models):
+    handlers = app.Handlers(models, everything_options=EVERYTHING | {"pred_iou_thresh": 2.0})  # no mask passes
+    screen = Screen(handlers).load(CAT)
+    screen.light(handlers.everything, screen.session, screen.shown).then_sam()
+    assert screen.status == "SAM found no masks on this photo, in either panel."
+    assert "SAM found no masks in either panel" in screen.verdict and "IoU" not in screen.verdict
+
+
+def test_display_options_redraw_without_sam(screen, monkeypatch):
+    screen.turn(90).click(240, 320)
+    best = screen.sam
+    monkeypatch.setattr(screen.handlers, "_run", None)  # no model may run now
+    screen.light(screen.handlers.redraw, screen.session, screen.shown, "difference", 0.35)
+    assert not np.array_equal(screen.sam, best) and "Magenta" in screen.verdict
+    screen.light(screen.handlers.redraw, screen.session, screen.shown, "best mask", 0.0)
+    assert not np.array_equal(screen.sam, best)  # no fill, outlines only
+    refused = screen.handlers.redraw(screen.session, screen.shown, "sideways", 0.3)
+    assert refused.status.startswith("⚠ show one of")
+
+
+def test_sweep_shows_the_canonicalized_row_identical_and_goes_stale(screen):
+    page = screen.handlers.sweep(screen.session, screen.shown, "standin", True)
+    assert page.sweep_summary.startswith("⚠ add a point") and not page.sweep.visible
+    screen.click(320, 240)
+    screen.light(screen.handlers.sweep, screen.session, screen.shown, "standin", True)
+    assert screen.sweep.visible and len(screen.sweep.value) == 8
+    assert "SAM + canonicalizer 1.00 / 1.00 / 1.00" in screen.sweep_summary
+    screen.turn(180)  # a quarter turn: the sweep still holds
+    assert "1.00 / 1.00 / 1.00" in screen.sweep_summary
+    screen.click(100, 100)
+    assert screen.sweep_summary == app.SWEEP_OUTDATED
+    screen.load(CAT)  # a new photo: no sweep, the turn back at 0
+    assert not screen.sweep.visible and screen.sweep_summary == app.SWEEP_INTRO and screen.angle == 0
+
+
+def test_clicks_made_while_sam_works_are_kept(handlers):
+    """Two clicks before the heavy step runs: it answers both; a heavy step overtaken by a newer one stops."""
+    visitor = Visitor("two-clicks")
+    screen = Screen(handlers).load(CAT)
+    screen.light(handlers.click, screen.session, screen.shown, OBJECT, select(320, 240), request=visitor)
+    first = screen.session
+    screen.light(handlers.click, screen.session, screen.shown, OBJECT, select(100, 100), request=visitor)
+    assert list(handlers.sam_step(first, screen.shown, "standin", True, SHOW[0], 0.35, request=visitor)) == [app.Page()]
+    screen.then_sam(request=visitor)
+    assert len(screen.session.clicks) == 2 and screen.status.startswith("Done")
+    assert screen.shown.request == handlers.request_key(screen.session, "standin", True)
+    assert list(handlers.sam_step(screen.session, screen.shown, "standin", True, SHOW[0], 0.35)) == [app.Page()]
+
+
+def test_examples_load_turned(handlers):
+    screen = Screen(handlers)
+    index = next(i for i, example in enumerate(app.EXAMPLES) if example[1] == 90)
+    screen.light(handlers.example, None, gr.SelectData(None, {"index": index, "value": None})).then_sam()
+    name, angle = app.EXAMPLES[index][:2]
+    assert screen.angle == angle and screen.session.angle == angle and screen.status.startswith("SAM is ready")
+    assert screen.view.shape[:2] == np.asarray(Image.open(app.EXAMPLES_DIR / name)).shape[1::-1]
+    for index in (-1, len(app.EXAMPLES), "0", True, None):
+        page = handlers.example(None, gr.SelectData(None, {"index": index, "value": None}))
+        assert page.status == "⚠ pick one of the examples." and page.session is app.SKIP
+    assert any("gets this one wrong" in example[3] for example in app.EXAMPLES if "owl" in example[0])
+
+
+def test_the_page_says_at_load_which_sam_cannot_be_had(models, paper_canonicalizer, standin_sam_path,
+                                                        tmp_path):
+    menu, status = app.Handlers(models).welcome()
+    assert ("missing (not available here)", "missing") in menu.choices and ("standin", "standin") in menu.choices
+    assert status == app.HOW_TO  # the default, the stand-in, is here
+    gone = standin_models(paper_canonicalizer, tmp_path / "sam_vit_b_01ec64.pth")
+    menu, status = app.Handlers(gone).welcome()
+    assert status.startswith("⚠ SAM standin is not available on this server now") and "/" not in status
+
+
+def test_without_sam_the_canonicalizer_still_answers(handlers, caplog):
     with caplog.at_level("INFO", logger="canon"):
-        page = handlers.click(loaded.session, OBJECT, "missing", True, select(320, 240))
-    assert page.status.startswith("⚠ Only the canonicalizer could run")
-    assert page.panel_note == ("⚠ SAM missing cannot be loaded on this server now (its weights are not here and "
-                               "could not be downloaded); the canonicalizer still works.")
+        screen = Screen(handlers, sam="missing").load(CAT).click(320, 240)
+    assert screen.status.startswith("⚠ Only the canonicalizer could run")
+    assert ("⚠ SAM missing cannot be loaded on this server now (its weights are not here and could not be "
+            "downloaded); the canonicalizer still works.") in screen.verdict
     # The server's paths and the fix are for the operator: in the log, not on the page.
     assert "no-sam0/sam_vit_b_01ec64.pth does not exist" in caplog.text
-    assert page.sam is None and page.probabilities is not None and page.canonical is not None
+    assert screen.sam is None and screen.probabilities is not None and screen.canonical is not None
 
 
 def _corrupt_jpeg(path: Path) -> None:
@@ -199,28 +345,31 @@ def _huge_png(path: Path) -> None:
     ("cut.jpg", _corrupt_jpeg, "truncated or corrupt"),
     ("huge.png", _huge_png, "megapixels"),
 ])
-def test_bad_uploads_get_one_sentence(handlers, loaded, tmp_path, name, make, message):
+def test_bad_uploads_get_one_sentence(screen, tmp_path, name, make, message):
     path = tmp_path / name
     make(path)
-    page = handlers.photo(loaded.session, received(handlers, str(path)))
-    assert page.status.startswith("⚠") and message in page.status and "Traceback" not in page.status
-    assert page.session.photo is None and page.view is None
+    screen.click(320, 240).load(path)
+    assert screen.status.startswith("⚠") and message in screen.status and "Traceback" not in screen.status
+    assert screen.session.photo is None and screen.view is None and screen.sam is None
+    assert screen.upload is None  # the box does not keep the refused file
 
 
 def test_events_without_a_photo_say_what_to_do(handlers):
     for angle in (90, 30, 1e9, "left"):  # whatever the angle, the missing photo is what is said
-        assert handlers.rotate(None, angle, "standin", True).status == "⚠ Upload a photo first."
-    assert handlers.click(None, OBJECT, "standin", True, select(1, 1)).status == "⚠ Upload a photo first."
-    assert handlers.undo(None, "standin", True).status == "⚠ Upload a photo first."
-    assert handlers.sweep(None, "standin", True)[1] == "⚠ Upload a photo first."
+        assert handlers.rotate(None, None, angle).status == "⚠ Upload a photo first."
+    assert handlers.click(None, None, OBJECT, select(1, 1)).status == "⚠ Upload a photo first."
+    assert handlers.undo(None, None).status == "⚠ Upload a photo first."
+    assert handlers.everything(None, None).status == "⚠ Upload a photo first."
+    assert handlers.sweep(None, None, "standin", True).sweep_summary == "⚠ Upload a photo first."
     assert handlers.photo(None, None).status == app.HOW_TO
-    assert handlers.options(None, "standin", True).status == app.HOW_TO
+    assert list(handlers.options(None, None, "standin", True, SHOW[0], 0.35)) == [app.Page()]
+    assert handlers.redraw(None, None, SHOW[0], 0.35) == app.Page()
 
 
 def test_prompts_the_library_refuses_get_one_sentence(handlers, loaded):
-    crowded = Session(photo=loaded.session.photo, clicks=(Click(10, 10, "object"),) * (MAX_POINTS + 1))
-    page = handlers.options(crowded, "standin", True)
-    assert page.status == f"⚠ {MAX_POINTS + 1} points is too many; at most {MAX_POINTS} are accepted."
+    crowded = replace(loaded.session, clicks=(Click(10, 10, "object"),) * (MAX_POINTS + 1))
+    pages = list(handlers.options(crowded, None, "standin", True, SHOW[0], 0.35))
+    assert pages[-1].status == f"⚠ {MAX_POINTS + 1} points is too many; at most {MAX_POINTS} are accepted."
 
 
 def test_api_functions_refuse_bad_prompts(handlers):

@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from canon.demo import MAX_SIDE, Click, Models, Session, prepare_photo, sam_sources
+from canon import demo
+from canon.demo import (MAX_SIDE, SHOW, Click, Display, Models, Session, draw_panels, embeddings_to_prepare,
+                        prepare_photo, sam_sources)
 from canon.prompts import MAX_POINTS
 from canon.registry import ModelUnavailableError, sam_names
-from canon.segmenter import SamBackend
+from canon.render import DIFFERENCE_COLOUR
+from canon.segmenter import DualResult, PathResult, SamBackend
 from conftest import REPO
 
 CAT = REPO / "examples" / "animals_cat.jpg"
@@ -83,3 +86,80 @@ def test_the_sams_offered_are_the_registrys_and_a_local_checkpoint_first():
     sources, first = sam_sources("/models/sam_vit_b_01ec64.pth")
     assert first == "sam_vit_b_01ec64.pth (local)" and list(sources)[0] == first
     assert sources[first] == "/models/sam_vit_b_01ec64.pth" and set(sam_names()) < set(sources)
+
+
+def test_the_sams_offered_list_a_registered_checkpoint_once_under_its_name(monkeypatch):
+    monkeypatch.setattr(demo, "registered_sam", lambda path: "vit_b")  # what its sha256 says (test_registry)
+    sources, first = sam_sources("/models/my_copy.pth")
+    assert first == "vit_b" and sources["vit_b"] == "/models/my_copy.pth"
+    assert list(sources) == sam_names()
+
+
+def test_segment_everything_keeps_the_clicks_and_undo_brings_them_back():
+    session = Session().with_photo(np.zeros((10, 10, 3), np.uint8)).clicked(2.5, 2.5, "object")
+    everything = session.asking_everything()
+    assert everything.everything and everything.clicks == session.clicks
+    assert everything.undone().clicks == session.clicks and not everything.undone().everything
+    assert everything.clicked(5.5, 5.5, "background").everything is False
+    assert everything.cleared().clicks == () and session.key != everything.key
+
+
+def test_a_new_photo_starts_at_its_own_angle_without_prompts():
+    photo = np.zeros((10, 12, 3), np.uint8)
+    session = Session().with_photo(photo, 90).clicked(2.5, 2.5, "object")
+    again = session.with_photo(photo)
+    assert again.angle == 0 and again.clicks == () and again.photo_id == session.photo_id != ""
+
+
+def test_models_say_which_sam_can_be_had_without_loading_it(paper_canonicalizer, standin_sam_path, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    models = Models(paper_canonicalizer, {"here": str(standin_sam_path), "gone": str(tmp_path / "x.pth"),
+                                          "vit_h": "vit_h"}, device="cpu")
+    assert [models.availability(c) for c in models.sam_choices] == ["here", "missing", "missing"]
+    assert models.loaded("here") is None
+    models.sam("here")
+    assert models.loaded("here") is not None and models.availability("here") == "here"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert models.availability("vit_h") == "hub"
+
+
+def test_embeddings_to_prepare_are_those_not_cached(paper_canonicalizer, standin_sam_path):
+    models = Models(paper_canonicalizer, {"standin": str(standin_sam_path)}, device="cpu")
+    session = Session().with_photo(prepare_photo(CAT)[0], 90)
+    pending = embeddings_to_prepare(models, session, "standin")
+    assert [name for name, _ in pending] == ["canonical", "turned"]
+    demo.embed(models, "standin", pending[0][1])
+    assert [name for name, _ in embeddings_to_prepare(models, session, "standin")] == ["turned"]
+
+
+def _dual() -> DualResult:
+    """Two paths whose best masks overlap in part (SAM alone's: rows and columns 10-39; the other's: 25-54)."""
+    a, b = np.zeros((2, 60, 90), bool)
+    a[10:40, 10:40], b[25:55, 25:55] = True, True
+    masks = np.stack([a, b, a | b])
+    return DualResult(PathResult(masks, np.ones(3), 0, 0, False), PathResult(masks[[1, 0, 2]], np.ones(3), 0, 0, True),
+                      None)  # draw_panels reads the masks only
+
+
+def test_the_panels_draw_the_best_mask_every_candidate_or_the_difference():
+    view = np.full((60, 90, 3), 128, np.uint8)
+    dual = _dual()
+    best = draw_panels(view, dual, Display())
+    every = draw_panels(view, dual, Display(show="all candidates"))
+    assert not np.array_equal(best[0], every[0])  # the other candidates' outlines
+    assert np.array_equal(best[0][58, 88], view[58, 88])  # outside every mask: the photo as it is
+    sam_view, canonicalized_view = draw_panels(view, dual, Display(show="difference"))
+    assert np.array_equal(sam_view[15, 15], [round(0.25 * 128 + 0.75 * c) for c in DIFFERENCE_COLOUR])  # SAM's only
+    assert np.array_equal(canonicalized_view[15, 15], view[15, 15])  # not in the canonicalized best mask
+    faint, strong = (draw_panels(view, dual, Display(opacity=o))[0][20, 20] for o in (0.1, 0.9))
+    assert abs(int(strong[2]) - 128) > abs(int(faint[2]) - 128)
+
+
+@pytest.mark.parametrize("options, message", [({"show": "sideways"}, "show one of"), ({"opacity": 1.5}, "0 to 1"),
+                                              ({"opacity": "x"}, "0 to 1")])
+def test_display_options_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        Display(**options)
+    assert len(SHOW) == 3

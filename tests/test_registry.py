@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -412,3 +413,28 @@ def test_environment_override_is_for_the_default_only(monkeypatch):
     monkeypatch.setenv("CANON_CANONICALIZER_REPO", "env/wrn")
     assert registry.canonicalizer_spec("small", registry=table).repo_id == "org/small"
     assert registry.canonicalizer_spec("wrn-c4-paper", registry=table).repo_id == "env/wrn"
+
+
+def test_a_local_checkpoint_is_recognised_by_its_pinned_sha256(tmp_path):
+    table = registry.load_registry()
+    copy = tmp_path / "my_copy.pth"
+    copy.write_bytes(STAND_IN)
+    table["sam"]["vit_l"].update(sha256=hashlib.sha256(STAND_IN).hexdigest(), size=None)
+    assert registry.registered_sam(copy, registry=table) == "vit_l"
+    table["sam"]["vit_l"]["size"] = len(STAND_IN) + 1  # a known size that differs: not even hashed
+    assert registry.registered_sam(copy, registry=table) is None
+    assert registry.registered_sam(tmp_path / "absent.pth", registry=table) is None
+    assert registry.registered_sam(copy) is None  # the real pins: not a SAM checkpoint
+
+
+def test_availability_is_found_without_the_network(hub, monkeypatch, empty_weights):
+    spec = stand_in(hub)
+    table = registry.load_registry()
+    table["sam"]["vit_b"].update(repo_id=spec.repo_id, filename=spec.filename, sha256=spec.sha256, size=spec.size)
+    assert registry.sam_availability("vit_b", registry=table) == "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert registry.sam_availability("vit_b", registry=table) == "offline"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    resolve_sam_checkpoint(spec)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert registry.sam_availability("vit_b", registry=table) == "here"

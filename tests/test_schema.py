@@ -38,6 +38,16 @@ def test_agreement_compares_best_masks_or_covered_areas():
     assert schema.agreement(dual, everything=True) == 1.0  # the same two masks, in another order
 
 
+def test_two_empty_answers_have_no_agreement():
+    dual = result()
+    none = np.zeros((0, 6, 8), bool)
+    empty = DualResult(PathResult(none, np.zeros(0), 1.0, 1.0, False), PathResult(none, np.zeros(0), 0, 1, True),
+                       dual.canonicalization)
+    assert schema.agreement(empty, everything=True) is None and schema.agreement(empty) is None
+    one_sided = DualResult(dual.sam, empty.canonicalized, dual.canonicalization)
+    assert schema.agreement(one_sided, everything=True) == 0.0
+
+
 def test_an_unsure_decision_is_flagged_below_the_threshold():
     unsure = Canonicalization(k=0, probabilities=np.array([0.4, 0.3, 0.2, 0.1]), logits=np.zeros(4),
                               canonical_image=np.zeros((2, 2, 3), np.uint8), elapsed_ms=0.0, cached=True)

@@ -80,6 +80,20 @@ def test_four_rotations_cost_one_canonical_encoder_pass(segmenter, photo):
     assert again.sam.cached and again.canonicalized.cached  # a new click only runs the decoder
 
 
+def test_embeddings_computed_ahead_serve_the_next_request(segmenter, photo):
+    image = 255 - photo  # no turn or mirror image of it is in the session's caches yet
+    turned = geometry.rotate_image(image, 1)
+    needed = segmenter.images_needed(turned)
+    decision = segmenter.canonicalizer.canonicalize(turned)
+    assert needed[0][0] == "canonical" and np.array_equal(needed[0][1], decision.canonical_image)
+    assert [name for name, _ in needed] == (["canonical", "turned"] if decision.k else ["canonical"])
+    assert not any(segmenter.sam.has_embedding(shown) for _, shown in needed)
+    assert all(segmenter.sam.embed(shown) > 0 for _, shown in needed)
+    assert segmenter.sam.encoder_ms > 0 and segmenter.sam.embed(turned) == 0.0  # cached now
+    result = segmenter.segment(turned, PROMPTS.rotated(1, image.shape[:2]))
+    assert result.sam.cached and result.canonicalized.cached
+
+
 def test_an_input_that_is_already_canonical_runs_the_decoder_once(segmenter, photo):
     k = segmenter.canonicalizer.canonicalize(photo).k
     turned, prompts = geometry.rotate_image(photo, -k), PROMPTS.rotated(-k, photo.shape[:2])  # its canonical image
