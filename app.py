@@ -34,8 +34,8 @@ from gradio.utils import get_upload_folder
 
 from canon import geometry, schema
 from canon.cli import whole_number
-from canon.demo import (SHOW, Display, ExportFolder, Models, Outcome, Session, draw_panels, draw_prompts, embed,
-                        embeddings_to_prepare, prepare_photo, run, sam_sources, sweep)
+from canon.demo import (SHOW, Display, ExportFolder, Models, Outcome, Session, canonicalized, draw_panels,
+                        draw_prompts, embed, embeddings_to_prepare, prepare_photo, run, sam_sources, sweep)
 from canon.images import MAX_FILE_BYTES, UPLOAD_REFUSAL, ImageError, read_upload
 from canon.prompts import parse_prompts
 from canon.registry import ModelUnavailableError
@@ -324,8 +324,7 @@ class Handlers:
             yield Page(status=_warning(error))
             return
         except ModelUnavailableError as error:
-            outcome = Outcome(session.view(), self.models.canonicalizer.canonicalize(session.view()),
-                              session.residual_deg, sam_error=error.public)
+            outcome = replace(canonicalized(self.models, session), sam_error=error.public)
             yield Page(status="⚠ Only the canonicalizer could run: see below.", sam=None, canonicalized=None,
                        verdict=_verdict(session, outcome, display), shown=Shown(outcome, key, _swept(shown)))
             return
@@ -502,8 +501,7 @@ class Handlers:
         """The light part of a new photo or turn: the view with its prompts and the canonicalizer's decision. The
         result panels keep what they show while SAM's part follows (``keep_results``), or are emptied."""
         self._note(request, session)
-        outcome = Outcome(session.view(), self.models.canonicalizer.canonicalize(session.view()),
-                          session.residual_deg)
+        outcome = canonicalized(self.models, session)
         page = Page(session=session, status=status, view=self._marked(session, outcome.view),
                     verdict=_verdict(session, outcome), probabilities=_probabilities(outcome.canonicalization),
                     canonical=outcome.canonicalization.canonical_image, details=_details(outcome, session.everything),
@@ -524,8 +522,7 @@ class Handlers:
                     status=status or ("⏳ SAM is working on your prompts…" if asks else CLICK_ON_IT))
         if asks:
             return page
-        outcome = Outcome(session.view(), self.models.canonicalizer.canonicalize(session.view()),
-                          session.residual_deg)
+        outcome = canonicalized(self.models, session)
         return page._replace(sam=None, canonicalized=None, downloads=None, shown=Shown(swept=_swept(shown)),
                              verdict=_verdict(session, outcome), details=_details(outcome, False))
 

@@ -296,6 +296,12 @@ class Outcome:
         return schema.is_unsure(self.canonicalization)
 
 
+def canonicalized(models: Models, session: Session, view: np.ndarray | None = None) -> Outcome:
+    """The canonicalizer's part alone for the session's view (``view``, when the caller has it already)."""
+    view = session.view() if view is None else view
+    return Outcome(view, models.canonicalizer.canonicalize(view), session.residual_deg)
+
+
 def run(models: Models, session: Session, sam_choice: str, multimask: bool = True,
         everything_options: dict | None = None) -> Outcome:
     """Canonicalize the session's view and, when it holds prompts or asks for everything, run both SAM paths.
@@ -306,11 +312,11 @@ def run(models: Models, session: Session, sam_choice: str, multimask: bool = Tru
     """
     view = session.view()
     if not (session.has_prompts or session.everything):
-        return Outcome(view, models.canonicalizer.canonicalize(view), session.residual_deg)
+        return canonicalized(models, session, view)
     try:
         segmenter = models.segmenter(sam_choice)
     except ModelUnavailableError as error:
-        return Outcome(view, models.canonicalizer.canonicalize(view), session.residual_deg, sam_error=error.public)
+        return replace(canonicalized(models, session, view), sam_error=error.public)
     if session.everything:
         result = segmenter.segment_everything(view, **(everything_options or {}))
     else:
