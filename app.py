@@ -34,19 +34,23 @@ from gradio.utils import get_upload_folder
 
 from canon import geometry, schema
 from canon.cli import whole_number
-from canon.demo import (SHOW, Display, ExportFolder, Models, Outcome, Session, canonicalized, draw_panels,
-                        draw_prompts, embed, embeddings_to_prepare, prepare_photo, run, sam_sources, sweep)
+from canon.demo import (SHOW, Display, ExportFolder, Models, Outcome, Session, canonicalized, check_sweep,
+                        draw_panels, draw_prompts, embeddings_to_prepare, encode, prepare_photo, run, sam_sources,
+                        sweep)
 from canon.images import MAX_FILE_BYTES, UPLOAD_REFUSAL, ImageError, read_upload
 from canon.prompts import parse_prompts
 from canon.registry import ModelUnavailableError
 from canon.render import PALETTE_NAMES, overlay
+from canon.runtime import SAM_PRECISIONS
 from canon.schema import is_unsure
-from canon.segmenter import PathResult
+from canon.segmenter import Embedding, PathResult
 
 try:  # Hugging Face ZeroGPU attaches a GPU only while a function wrapped in spaces.GPU runs
     import spaces
 except ImportError:
     spaces = None
+# On ZeroGPU this process has no GPU: the canonicalizer and SAM's decoder run on its CPU, SAM's encoder in spaces.GPU.
+ZERO_GPU = spaces is not None and "SPACES_ZERO_GPU" in os.environ
 
 log = logging.getLogger("canon.app")
 
@@ -177,6 +181,13 @@ class Shown:
     swept: tuple | None = None
 
 
+def _api_example(component, example):
+    """``component`` with ``example`` as its argument in the call that the "Use via API" page generates (Gradio's
+    defaults are a web address for the photo, which this app refuses, and "Hello!!" for the prompts)."""
+    component.example_payload = component.example_value = lambda: example
+    return component
+
+
 def _gpu(fn):
     """``fn`` run with a GPU attached on ZeroGPU; ``fn`` itself anywhere else."""
     return spaces.GPU(duration=GPU_SECONDS)(fn) if spaces is not None else fn
@@ -204,9 +215,9 @@ class Handlers:
         self.uploads = Uploads()
         self.exports = exports or ExportFolder()
         self.everything_options = everything_options or {}
-        self._run = _gpu(run)
-        self._embed = _gpu(embed)
-        self._sweep = _gpu(sweep)
+        # The one GPU function: SAM's image encoder. Its arguments and result cross to ZeroGPU's worker process
+        # and back pickled; the decoder runs here, so that a click on a prepared photo needs no GPU call.
+        self._encode = _gpu(self._encoded)
         self._latest: OrderedDict[str, tuple] = OrderedDict()  # visitor -> the key of their newest session
         self._latest_lock = threading.Lock()
 
@@ -333,7 +344,7 @@ class Handlers:
             if self._overtaken(request, session):
                 return
             yield Page(status=_embedding_status(which, number, len(pending), self.models.loaded(sam), wanted))
-            self._embed(self.models, sam, image)
+            self._prepare(sam, [image])
         if not wanted:
             corner = session.pending_corner() is not None
             yield Page(status="Now click the opposite corner of the box." if corner else READY)
@@ -342,7 +353,7 @@ class Handlers:
             yield Page(status="⏳ Segmenting everything: SAM's decoder on a grid of points, on both images…")
         options = {"everything_options": self.everything_options} if session.everything else {}
         try:
-            outcome = self._run(self.models, session, sam, multimask, **options)
+            outcome = run(self.models, session, sam, multimask, **options)
         except ValueError as error:  # prompts the library refuses after the session's own checks; undo helps
             yield Page(status=_warning(error))
             return
@@ -362,9 +373,10 @@ class Handlers:
         session = session or Session()
         if session.photo is None:
             return SweepPage(gr.Gallery(visible=False), NO_PHOTO)
-        self._preload(sam)
         try:
-            entries = self._sweep(self.models, session, sam, multimask)
+            check_sweep(session)  # before five embeddings are prepared for nothing
+            self._prepare(sam, [image for _, image in embeddings_to_prepare(self.models, session, sam, True)])
+            entries = sweep(self.models, session, sam, multimask)
         except ValueError as error:
             return SweepPage(gr.Gallery(visible=False), _warning(error))
         except ModelUnavailableError as error:
@@ -403,8 +415,11 @@ class Handlers:
             sam, multimask = self._choice(sam), _flag(multimask, "multimask")
         except ValueError as error:  # ImageError, PromptError and the session's own checks
             raise _refusal("segment", error) from None
-        self._preload(sam)
-        outcome = self._run(self.models, session, sam, multimask)
+        try:
+            self._prepare(sam, [image for _, image in embeddings_to_prepare(self.models, session, sam)])
+        except ModelUnavailableError as error:
+            raise _refusal("segment", error.public) from None
+        outcome = run(self.models, session, sam, multimask)
         if outcome.sam_error:
             raise _refusal("segment", outcome.sam_error)
         result = outcome.result
@@ -480,13 +495,17 @@ class Handlers:
             latest = self._latest.get(visitor) if visitor is not None else None
         return latest is not None and latest != session.key
 
-    def _preload(self, sam: str) -> None:
-        """Load (and the first time download, with a progress bar) SAM in this process: on ZeroGPU the GPU
-        function runs in a short-lived one, which would load it again every time."""
-        try:
-            self.models.sam(sam)
-        except ModelUnavailableError:
-            pass  # run() and sweep() report it where the visitor looks
+    def _encoded(self, sam: str, images: list[np.ndarray]) -> list[Embedding]:
+        return encode(self.models, sam, images)
+
+    def _prepare(self, sam: str, images: list[np.ndarray]) -> None:
+        """SAM's embeddings of ``images`` computed by the GPU function and kept in this process's cache (SAM is
+        loaded here first: ZeroGPU's worker is forked from this process and finds it in memory)."""
+        if not images:
+            return
+        backend = self.models.sam(sam)
+        for image, embedding in zip(images, self._encode(sam, images)):
+            backend.store(image, embedding)
 
     def _blank(self, status: str, request: gr.Request | None, **extra) -> Page:
         """No photo: every panel empty, the slider at 0, no sweep."""
@@ -853,12 +872,15 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
 
         # The named API for gradio_client (see README), on components that are never shown.
         with gr.Column(visible=False):
-            api_image = gr.Image(type="filepath", label="photo")
-            api_angle = gr.Number(0, label="angle (degrees, counter-clockwise)")
-            api_points = gr.Textbox("[]", label="points: JSON [[x, y, label], ...] in the photo's pixels")
-            api_box = gr.Textbox("", label="box: [x0, y0, x1, y1] in the photo's pixels, or empty")
-            api_sam = gr.Textbox(models.default_sam, label="SAM size")
-            api_multimask = gr.Checkbox(True, label="multimask")
+            # The generated call's photo is a file of the caller's (handle_file("photo.jpg")).
+            api_image = _api_example(gr.Image(type="filepath", label="photo"),
+                                     {"path": "photo.jpg", "meta": {"_type": "gradio.FileData"}})
+            api_angle = _api_example(gr.Number(0, label="angle (degrees, counter-clockwise)"), 90)
+            api_points = _api_example(
+                gr.Textbox("[]", label="points: JSON [[x, y, label], ...] in the photo's pixels"), "[[100, 80, 1]]")
+            api_box = _api_example(gr.Textbox("", label="box: [x0, y0, x1, y1] in the photo's pixels, or empty"), "")
+            api_sam = _api_example(gr.Textbox(models.default_sam, label="SAM size"), models.default_sam)
+            api_multimask = _api_example(gr.Checkbox(True, label="multimask"), True)
             api_sam_overlay = gr.Image(label="sam_alone", format="png")
             api_canonicalized_overlay = gr.Image(label="sam_canonicalized", format="png")
             api_canonical = gr.Image(label="canonical_image", format="png")
@@ -917,6 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "model.safetensors (env CANON_CANONICALIZER; default: the paper's, shipped here)")
     parser.add_argument("--device", default=env("CANON_DEVICE", "auto"), choices=("auto", "cpu", "cuda"),
                         help="where the networks run (env CANON_DEVICE; default auto: CUDA when there is a GPU)")
+    parser.add_argument("--sam-precision", default=env("CANON_SAM_PRECISION", "auto"), choices=SAM_PRECISIONS,
+                        help="arithmetic of SAM's image encoder (env CANON_SAM_PRECISION; default auto: bfloat16 "
+                             "where the device has it natively, float16 on a GPU without it, else float32)")
     parser.add_argument("--server-name", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="the address to listen on, 0.0.0.0 for every interface (env GRADIO_SERVER_NAME; "
                              "default 127.0.0.1)")
@@ -942,12 +967,13 @@ def main(argv: list[str] | None = None) -> None:
     from canon.runtime import pick_device
 
     try:
-        device = pick_device(args.device)
+        device = pick_device("cpu" if ZERO_GPU else args.device)
         canonicalizer = Canonicalizer.load(args.canonicalizer, device=device)
     except (ValueError, ModelUnavailableError) as error:
         sys.exit(f"error: {error}")
     sources, first = sam_sources(args.sam)
-    models = Models(canonicalizer, sources, default_sam=first, device=str(device))
+    models = Models(canonicalizer, sources, default_sam=first, device=str(device), sam_precision=args.sam_precision,
+                    sam_encoder_device="cuda" if ZERO_GPU else None)
     launch(build_demo(models, concurrency_limit=args.concurrency), server_name=args.server_name,
            server_port=args.port, share=args.share, auth=(user, password) if args.auth else None)
 

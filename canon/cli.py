@@ -20,6 +20,7 @@ import numpy as np
 
 from .prompts import PromptError, Prompts, parse_box, parse_point
 from .registry import ModelUnavailableError
+from .runtime import SAM_PRECISIONS
 
 
 class CliError(Exception):
@@ -94,6 +95,12 @@ def add_command(commands, name: str, help: str, handler, *option_groups) -> argp
     return parser
 
 
+def sam_precision_option(parser) -> None:
+    parser.add_argument("--sam-precision", choices=SAM_PRECISIONS, default="auto",
+                        help="arithmetic of SAM's image encoder (default auto: bfloat16 where the device has it "
+                             "natively, float16 on a GPU without it, else float32)")
+
+
 def model_options(parser: argparse.ArgumentParser, sam: bool = True) -> None:
     """``--canonicalizer`` (alias ``--model``), ``--sam`` when the command runs SAM, and ``--device``."""
     group = parser.add_argument_group("models")
@@ -102,6 +109,7 @@ def model_options(parser: argparse.ArgumentParser, sam: bool = True) -> None:
     if sam:
         group.add_argument("--sam", default=None,
                            help="SAM model name from canon/weights/models.json, or a local .pth")
+        sam_precision_option(group)
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
@@ -207,8 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     json_option(coco)
 
     bench = add_command(commands, "bench", "SAM encoder vs canonicalizer time, click latency, memory", run_bench)
-    bench.add_argument("--sam", choices=("vit_b", "vit_l", "vit_h"), default="vit_b",
-                       help="SAM architecture to time (random weights)")
+    bench.add_argument("--sam", choices=("vit_b", "vit_l", "vit_h"), action="append", default=None,
+                       help="SAM architecture to time (random weights; default vit_b); give it again for more, "
+                            "each under sams.<name> in the JSON")
+    sam_precision_option(bench)
     bench.add_argument("--canonicalizer", action="append", default=None,
                        help="canonicalizer(s) to time; the first is used for the ratios (default: the registry's "
                             "default, then wrn-c4-paper)")
@@ -302,7 +312,8 @@ def load_segmenter(args):
     from .segmenter import EquivariantSegmenter, SamBackend
 
     return EquivariantSegmenter(load_canonicalizer(args),
-                                SamBackend.load(args.sam or default_sam(), device=str(pick_device(args.device))))
+                                SamBackend.load(args.sam or default_sam(), device=str(pick_device(args.device)),
+                                                precision=args.sam_precision))
 
 
 def write_summary(target: Path, summary: dict, table: str) -> None:
@@ -436,7 +447,9 @@ def run_bench(args) -> None:
 
     target = json_target(args.json)
     names = args.canonicalizer or list(dict.fromkeys([canonicalizer_default(), "wrn-c4-paper"]))
-    summary = benchmark(args.sam, tuple(names), repeats=args.repeats, device=args.device)
+    sams = tuple(dict.fromkeys(args.sam or ["vit_b"]))
+    summary = benchmark(sams, tuple(names), repeats=args.repeats, device=args.device,
+                        sam_precision=args.sam_precision)
     write_summary(target, summary, bench_table(summary))
     if args.plot:
         from .plots import plot_bench

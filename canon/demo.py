@@ -29,7 +29,7 @@ from .prompts import MAX_POINTS, Prompts
 from .registry import ModelUnavailableError, default_sam, registered_sam, sam_availability, sam_names
 from .render import difference, outlined
 from .runtime import image_digest
-from .segmenter import DualResult, EquivariantSegmenter, PathResult, SamBackend, SweepEntry
+from .segmenter import DualResult, Embedding, EquivariantSegmenter, PathResult, SamBackend, SweepEntry
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +47,20 @@ class Models:
     with :meth:`SamBackend.load`, downloading from the Hub if need be) or to an already built :class:`SamBackend`
     (kept for good). At most ``max_loaded`` SAMs loaded on demand stay in memory, least recently used dropped first
     (ViT-H alone takes 2.5 GB). A failure to get one is remembered for ``retry_after_s``, so that a machine without
-    the Hub does not wait for it on every click. Thread-safe.
+    the Hub does not wait for it on every click. SAMs loaded here run their image encoder at ``sam_precision``
+    on ``sam_encoder_device`` (default ``device``; see :class:`SamBackend`). Thread-safe.
     """
 
     def __init__(self, canonicalizer: Canonicalizer, sam_sources: dict[str, str | SamBackend],
                  default_sam: str | None = None, device: str = "auto", max_loaded: int = 1,
-                 retry_after_s: float = 60.0):
+                 retry_after_s: float = 60.0, sam_precision: str = "auto", sam_encoder_device: str | None = None):
         if not sam_sources:
             raise ValueError("no SAM to offer")
         self.canonicalizer = canonicalizer
         self.sam_sources = dict(sam_sources)
         self.default_sam = default_sam or next(iter(self.sam_sources))
         self.device, self.max_loaded, self.retry_after_s = device, max_loaded, retry_after_s
+        self.sam_precision, self.sam_encoder_device = sam_precision, sam_encoder_device
         self._loaded: OrderedDict[str, SamBackend] = OrderedDict()
         self._failures: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
@@ -84,7 +86,8 @@ class Models:
             if time.monotonic() - failed_at < self.retry_after_s:
                 raise ModelUnavailableError(message, public=_unavailable(choice))
             try:
-                backend = SamBackend.load(source, device=self.device)
+                backend = SamBackend.load(source, device=self.device, precision=self.sam_precision,
+                                          encoder_device=self.sam_encoder_device)
             except ModelUnavailableError as error:
                 log.warning("SAM %s is unavailable: %s", choice, error)  # the operator's message, with the fix
                 self._failures[choice] = (time.monotonic(), str(error))
@@ -325,27 +328,41 @@ def run(models: Models, session: Session, sam_choice: str, multimask: bool = Tru
                    agreement=schema.agreement(result, session.everything))
 
 
-def embeddings_to_prepare(models: Models, session: Session, sam_choice: str) -> list[tuple[str, np.ndarray]]:
-    """The images of the session's view whose SAM embeddings are not cached yet, in the order to compute them (see
-    :meth:`EquivariantSegmenter.images_needed`): what a click on the view would otherwise wait for. Loads SAM
-    (:class:`ModelUnavailableError` when it cannot be had)."""
+def embeddings_to_prepare(models: Models, session: Session, sam_choice: str,
+                          for_sweep: bool = False) -> list[tuple[str, np.ndarray]]:
+    """The images whose SAM embeddings are not cached yet, in the order to compute them: those of the session's
+    view (see :meth:`EquivariantSegmenter.images_needed`), what a click on it would otherwise wait for, or with
+    ``for_sweep`` those of its reference turned by each quarter turn. Loads SAM (:class:`ModelUnavailableError`
+    when it cannot be had)."""
     segmenter = models.segmenter(sam_choice)
-    return [(name, image) for name, image in segmenter.images_needed(session.view())
-            if not segmenter.sam.has_embedding(image)]
+    views = ([geometry.rotate_image(session.reference(), k) for k in range(geometry.GROUP_ORDER)] if for_sweep
+             else [session.view()])
+    needed = {}
+    for view in views:
+        for name, image in segmenter.images_needed(view):
+            needed.setdefault(image_digest(image), (name, image))
+    return [(name, image) for name, image in needed.values() if not segmenter.sam.has_embedding(image)]
 
 
-def embed(models: Models, sam_choice: str, image: np.ndarray) -> float:
-    """SAM's embedding of ``image`` computed into the cache (the encoder alone: on ZeroGPU, the one part that needs
-    the GPU); the encoder's time in ms, 0.0 when it was cached already."""
-    return models.sam(sam_choice).embed(image)
+def encode(models: Models, sam_choice: str, images: list[np.ndarray]) -> list[Embedding]:
+    """SAM's embeddings of ``images`` (each ``H x W x 3`` uint8), computed and returned, not stored: the encoder
+    alone, the one part that needs a GPU. On ZeroGPU this runs in the GPU worker, whose memory is gone after the
+    call, and :meth:`SamBackend.store` keeps the result in the serving process."""
+    backend = models.sam(sam_choice)
+    return [backend.encode(image) for image in images]
+
+
+def check_sweep(session: Session) -> None:
+    """Raise ``ValueError`` with the visitor's sentence when the session has nothing for a sweep to repeat."""
+    if not session.has_prompts:
+        raise ValueError("add a point or a box first: a sweep repeats your prompts at every rotation")
 
 
 def sweep(models: Models, session: Session, sam_choice: str, multimask: bool = True) -> list[SweepEntry]:
     """The session's prompts on its reference image turned by 0, 90, 180 and 270 degrees, both paths, results in
     the reference frame (see :meth:`EquivariantSegmenter.sweep`). Raises ``ValueError`` without prompts and
     :class:`ModelUnavailableError` without SAM."""
-    if not session.has_prompts:
-        raise ValueError("add a point or a box first: a sweep repeats your prompts at every rotation")
+    check_sweep(session)
     return models.segmenter(sam_choice).sweep(session.reference(), session.prompts("reference"), multimask)
 
 

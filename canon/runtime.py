@@ -27,6 +27,20 @@ def bfloat16_is_native(device: torch.device) -> bool:
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+SAM_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def encoder_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The arithmetic of SAM's image encoder for ``precision`` on ``device``: ``auto`` is bfloat16 where the device
+    does it natively (a GPU that has it, a CPU with AVX512-BF16 or AMX), float16 on a GPU without bfloat16, and
+    float32 elsewhere (a CPU without them emulates bfloat16, 4.5 x slower than float32 on a 2-core EPYC)."""
+    if precision != "auto":
+        return getattr(torch, precision)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if bfloat16_is_native(device) else torch.float32
+
+
 def int8_is_native(device: torch.device) -> bool:
     """Whether 8-bit convolutions (:class:`canon.networks.QuantizedConv`) can run on ``device``: a CPU with
     AVX512-VNNI 8-bit dot products (without them oneDNN's 8-bit arithmetic can saturate; torch 2.14 does not report

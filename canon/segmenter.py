@@ -25,13 +25,13 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from . import geometry
-from .attention import bound_attention_memory
+from .attention import use_banded_attention
 from .canonicalizer import Canonicalization, Canonicalizer
 from .decoder import DecoderImageState, decode_masks, image_state
 from .prompts import Prompts
 from .registry import ModelUnavailableError, resolve_sam_checkpoint
 from .render import mask_iou
-from .runtime import image_digest, pick_device
+from .runtime import SAM_PRECISIONS, encoder_dtype, image_digest, pick_device
 
 
 # ------------------------------------------------------------------------------------------------ SAM loading
@@ -153,53 +153,67 @@ class SweepEntry:
 
 
 @dataclass
-class _CachedImage:
-    """One cache entry: SAM's ``1 x 256 x 64 x 64`` float embedding (4 MiB in float32), the two sizes SAM's
-    post-processing needs, and the decoder's per-image tensors (:func:`canon.decoder.image_state`, 10 MiB more),
-    made on the first click on the image."""
+class Embedding:
+    """SAM's embedding of one image, as the cache keeps it: ``features`` ``1 x 256 x 64 x 64`` float32 (4 MiB) on the
+    decoder's device, the two sizes SAM's post-processing needs (rows, columns), the encoder's time, and the
+    decoder's per-image tensors (:func:`canon.decoder.image_state`, 10 MiB more), made when the embedding is stored,
+    so that the first click costs what any other does. Picklable: on ZeroGPU it is what comes back from the GPU
+    worker (without the decoder's tensors, made on this side)."""
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    encoder_ms: float
     decoder_state: DecoderImageState | None = None
 
 
 class _CachingPredictor(SamPredictor):
-    """A SamPredictor whose ``set_image`` looks the embedding up in a bounded LRU cache first, and whose clicks
-    reuse the image's share of the decoder's work.
+    """A SamPredictor whose ``set_image`` looks the embedding up in a bounded LRU cache first (computing it with
+    ``encode`` when it is not there), and whose clicks reuse the image's share of the decoder's work.
 
     The key is the image's content (shape and bytes) and the model name, so the same picture shown twice, or the
     canonical image of any rotation of a photo, is encoded once.
     """
 
-    def __init__(self, model: Sam, name: str, cache_size: int):
+    def __init__(self, model: Sam, name: str, cache_size: int, encode):
         super().__init__(model)
-        self.name, self.cache_size = name, cache_size
-        self.cache: OrderedDict[str, _CachedImage] = OrderedDict()
-        self.current: _CachedImage | None = None
+        self.name, self.cache_size, self.encode = name, cache_size, encode
+        self.cache: OrderedDict[str, Embedding] = OrderedDict()
+        self.current: Embedding | None = None
         self.last_hit, self.last_encoder_ms = False, 0.0
-        self.measured_encoder_ms: float | None = None  # the latest embedding computed here (not from the cache)
+        self.measured_encoder_ms: float | None = None  # the latest embedding computed (not from the cache)
 
-    def key(self, image: np.ndarray, image_format: str = "RGB") -> str:
-        return f"{self.name}:{image_format}:{image_digest(image)}"
+    def key(self, image: np.ndarray) -> str:
+        return f"{self.name}:{image_digest(image)}"
+
+    def store(self, image: np.ndarray, entry: Embedding) -> None:
+        """Keep ``entry`` as the embedding of ``image``, with its decoder state (dropping the least recently used
+        beyond the bound)."""
+        if entry.decoder_state is None:
+            encoder = self.model.prompt_encoder
+            with torch.inference_mode():
+                _, no_mask = encoder(points=None, boxes=None, masks=None)
+                entry.decoder_state = image_state(self.model.mask_decoder, entry.features, encoder.get_dense_pe(),
+                                                  no_mask)
+        self.cache[self.key(image)] = entry
+        self.cache.move_to_end(self.key(image))
+        self.measured_encoder_ms = entry.encoder_ms
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        key = self.key(image, image_format)
-        entry = self.cache.get(key)
+        if image_format != "RGB":
+            raise ValueError("images are RGB here")
+        entry = self.cache.get(self.key(image))
         self.last_hit = entry is not None
-        if entry is not None:
-            self.cache.move_to_end(key)
-            self.features, self.original_size, self.input_size = entry.features, entry.original_size, entry.input_size
-            self.is_image_set = True
-            self.last_encoder_ms = 0.0
+        if entry is None:
+            entry = self.encode(image)
+            self.store(image, entry)
         else:
-            start = time.perf_counter()
-            with torch.inference_mode():
-                super().set_image(image, image_format)
-            self.last_encoder_ms = self.measured_encoder_ms = (time.perf_counter() - start) * 1000.0
-            entry = self.cache[key] = _CachedImage(self.features, self.original_size, self.input_size)
-            while len(self.cache) > self.cache_size:
-                self.cache.popitem(last=False)
+            self.cache.move_to_end(self.key(image))
+        self.features, self.original_size, self.input_size = entry.features, entry.original_size, entry.input_size
+        self.is_image_set = True
+        self.last_encoder_ms = 0.0 if self.last_hit else entry.encoder_ms
         self.current = entry
 
     @torch.no_grad()
@@ -213,10 +227,6 @@ class _CachingPredictor(SamPredictor):
             return super().predict_torch(point_coords, point_labels, boxes, mask_input, multimask_output,
                                          return_logits)
         encoder = self.model.prompt_encoder
-        if self.current.decoder_state is None:
-            _, no_mask = encoder(points=None, boxes=None, masks=None)
-            self.current.decoder_state = image_state(self.model.mask_decoder, self.features, encoder.get_dense_pe(),
-                                                     no_mask)
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, _ = encoder(points=points, boxes=boxes, masks=None)
         low_res_masks, iou_predictions = decode_masks(self.model.mask_decoder, self.current.decoder_state, sparse,
@@ -230,26 +240,65 @@ class _CachingPredictor(SamPredictor):
 class SamBackend:
     """SAM with an embedding cache: point/box prompts (:meth:`predict`) and automatic masks (:meth:`everything`).
 
-    Thread-safe: one lock serialises the use of the shared predictor (the embedding is swapped in per request).
+    The image encoder runs on ``encoder_device`` (default: ``device``) at ``precision`` (see
+    :func:`encoder_dtype`); the prompt encoder, the mask decoder and the cached embeddings stay on ``device``, in
+    float32. On ZeroGPU the encoder's device is the GPU that a ``spaces.GPU`` call attaches and the rest the CPU, so
+    that a click needs no GPU call. Thread-safe: one lock serialises the use of the shared predictor.
     """
 
-    def __init__(self, model: Sam, name: str = "sam", device: str | torch.device = "cpu", cache_size: int = 16):
-        self.name = name
+    def __init__(self, model: Sam, name: str = "sam", device: str | torch.device = "cpu", cache_size: int = 16,
+                 precision: str = "auto", encoder_device: str | torch.device | None = None):
+        if precision not in SAM_PRECISIONS:
+            raise ValueError(f"unknown SAM precision {precision!r}; use one of {', '.join(SAM_PRECISIONS)}")
+        self.name, self.precision = name, precision
         self.device = torch.device(device)
+        self.encoder_device = torch.device(encoder_device) if encoder_device is not None else self.device
         self.model = model.to(self.device).eval()
-        bound_attention_memory(self.model)  # the same embeddings for a fraction of the encoder's peak memory
+        self.model.image_encoder.to(self.encoder_device)
+        use_banded_attention(self.model)  # fused attention, a fraction of the encoder's peak memory
         with torch.inference_mode():
             dense_pe = self.model.prompt_encoder.get_dense_pe()
         # The decoder's positional encoding depends on fixed buffers only; SAM recomputes it on every click.
         self.model.prompt_encoder.get_dense_pe = lambda: dense_pe
-        self.predictor = _CachingPredictor(self.model, name, cache_size)
+        self.predictor = _CachingPredictor(self.model, name, cache_size, self.encode)
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, name_or_path: str, device: str = "auto", cache_size: int = 16) -> "SamBackend":
+    def load(cls, name_or_path: str, device: str = "auto", cache_size: int = 16, precision: str = "auto",
+             encoder_device: str | None = None) -> "SamBackend":
         """Resolve a model name from the weight registry or a local ``.pth`` (see :mod:`canon.registry`), load it."""
         path = resolve_sam_checkpoint(name_or_path)
-        return cls(load_sam(path), name=name_or_path, device=pick_device(device), cache_size=cache_size)
+        return cls(load_sam(path), name=name_or_path, device=pick_device(device), cache_size=cache_size,
+                   precision=precision, encoder_device=encoder_device and pick_device(encoder_device))
+
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        """The arithmetic the image encoder runs in (``precision`` resolved on its device)."""
+        return encoder_dtype(self.precision, self.encoder_device)
+
+    def encode(self, image: np.ndarray) -> Embedding:
+        """SAM's embedding of an ``H x W x 3`` uint8 RGB image, computed whether cached or not and not stored: it
+        touches no state, so on ZeroGPU it runs in the GPU worker and its result comes back to this process.
+
+        segment-anything's ``SamPredictor.set_image``: longest side resized to 1024, normalised and padded (on
+        ``device``), then the encoder on ``encoder_device`` under autocast to :attr:`encoder_dtype`.
+        """
+        start = time.perf_counter()
+        resized = self.predictor.transform.apply_image(image)
+        pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        dtype = self.encoder_dtype
+        with torch.inference_mode(), torch.autocast(self.encoder_device.type, dtype,
+                                                    enabled=dtype != torch.float32):
+            features = self.model.image_encoder(self.model.preprocess(pixels).to(self.encoder_device))
+        features = features.to(self.device, torch.float32)  # waits for the GPU, if any
+        return Embedding(features, tuple(image.shape[:2]), tuple(pixels.shape[-2:]),
+                         (time.perf_counter() - start) * 1000.0)
+
+    def store(self, image: np.ndarray, embedding: Embedding) -> None:
+        """Keep an embedding made by :meth:`encode` (here or in another process) as the one of ``image``."""
+        with self._lock:
+            self.predictor.store(image, replace(embedding, features=embedding.features.to(self.device),
+                                                decoder_state=None))
 
     def embed(self, image: np.ndarray) -> float:
         """Compute SAM's embedding of an ``H x W x 3`` uint8 image into the cache (a later request on the same image
@@ -261,6 +310,12 @@ class SamBackend:
     def has_embedding(self, image: np.ndarray) -> bool:
         """Whether the embedding of ``image`` is in the cache."""
         return self.predictor.key(image) in self.predictor.cache
+
+    def forget_embeddings(self) -> None:
+        """Empty the embedding cache (the bench measures the encoder this way)."""
+        with self._lock:
+            self.predictor.cache.clear()
+            self.predictor.current = None
 
     @property
     def encoder_ms(self) -> float | None:

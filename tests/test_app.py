@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -27,8 +28,9 @@ from PIL import Image
 import app
 from app_server import received, serve, standin_models
 from canon import geometry, maskio
+from canon.runtime import image_digest
 from benchmarks.app_memory import free_port
-from canon.demo import CLICK_KINDS, SHOW, Click, ExportFolder, Session, run
+from canon.demo import CLICK_KINDS, SHOW, Click, ExportFolder, Models, Session, run
 from canon.render import PALETTE, PALETTE_NAMES
 from canon.prompts import MAX_POINTS
 from conftest import REPO
@@ -259,7 +261,8 @@ def test_segment_everything_without_masks_says_so(models):
 def test_display_options_redraw_without_sam(screen, monkeypatch):
     screen.turn(90).click(240, 320)
     best = screen.sam
-    monkeypatch.setattr(screen.handlers, "_run", None)  # no model may run now
+    monkeypatch.setattr(screen.handlers, "_encode", None)  # no model may run now
+    monkeypatch.setattr(app, "run", None)
     screen.light(screen.handlers.redraw, screen.session, screen.shown, "difference", 0.35)
     assert not np.array_equal(screen.sam, best) and "Magenta" in screen.verdict
     screen.light(screen.handlers.redraw, screen.session, screen.shown, "best mask", 0.0)
@@ -295,6 +298,51 @@ def test_clicks_made_while_sam_works_are_kept(handlers):
     assert len(screen.session.clicks) == 2 and screen.status.startswith("Done")
     assert screen.shown.request == handlers.request_key(screen.session, "standin", True)
     assert list(handlers.sam_step(screen.session, screen.shown, "standin", True, SHOW[0], 0.35)) == [app.Page()]
+
+
+class ZeroGpuSpaces:
+    """A stand-in for Hugging Face's ``spaces`` package as ZeroGPU runs it: a ``spaces.GPU`` function runs in a
+    worker process, so its arguments and result cross pickled; every call is counted, and ``inside`` says whether
+    one is running."""
+
+    def __init__(self):
+        self.calls, self.inside = 0, False
+
+    def GPU(self, duration: int):  # noqa: N802 -- the package's name
+        def wrap(fn):
+            def call(*args, **kwargs):
+                args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
+                self.calls, self.inside = self.calls + 1, True
+                try:
+                    result = fn(*args, **kwargs)
+                finally:
+                    self.inside = False
+                return pickle.loads(pickle.dumps(result))
+            return call
+        return wrap
+
+
+def test_zerogpu_makes_the_gpu_calls_the_embeddings_need_and_none_per_click(paper_canonicalizer, standin_sam_path,
+                                                                             monkeypatch):
+    spaces = ZeroGpuSpaces()
+    monkeypatch.setattr(app, "spaces", spaces)
+    models = Models(paper_canonicalizer, {"standin": str(standin_sam_path)}, device="cpu")
+    handlers = app.Handlers(models)
+    model = models.sam("standin").model
+    runs = {"encoder": [], "decoder": []}  # for each run of SAM's image encoder, and of its prompt encoder (the
+    # decoder's first step): whether it ran inside a GPU call
+    model.image_encoder.register_forward_pre_hook(lambda module, args: runs["encoder"].append(spaces.inside))
+    model.prompt_encoder.register_forward_pre_hook(lambda module, args: runs["decoder"].append(spaces.inside))
+    screen = Screen(handlers).load(CAT).turn(90)
+    for x, y in [(240, 320), (100, 100), (400, 500), (200, 150), (300, 600)]:  # the view is 480 x 640 now
+        screen.click(x, y)
+        assert screen.status.startswith("Done") and screen.sam is not None
+    segmenter = models.segmenter("standin")
+    needed = {image_digest(image) for angle in (0, 90)
+              for _, image in segmenter.images_needed(Session().with_photo(screen.session.photo, angle).view())}
+    assert spaces.calls == len(needed) == len(runs["encoder"])  # 3, or 2 when the photo is canonical at 0 or 90
+    assert all(runs["encoder"])
+    assert len(runs["decoder"]) >= 5 and not any(runs["decoder"])  # the clicks ran on this side, no GPU call
 
 
 def test_examples_load_turned(handlers):
@@ -398,6 +446,14 @@ def test_gradio_client_segment_and_canonicalize(models):
         masks, scores = maskio.masks_from_coco(info["canonicalized"]["masks"])
         assert masks.shape == (3, 640, 480) and np.allclose(scores, info["canonicalized"]["scores"])
 
+        # The call the "Use via API" page generates works, given the caller's photo.jpg.
+        parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/segment"][
+            "parameters"]
+        examples = [parameter["example_input"] for parameter in parameters]
+        assert examples[0]["path"] == "photo.jpg" and "http" not in json.dumps(examples)
+        *_, info = client.predict(handle_file(str(CAT)), *examples[1:], api_name="/segment")
+        assert info["canonicalizer"]["angle_deg"] == 90 and len(info["sam"]["masks"]["annotations"]) == 3
+
         with pytest.raises(AppError, match="not an image format"):
             client.predict(handle_file(str(REPO / "pyproject.toml")), 0, "[[1, 1, 1]]", "", "standin", True,
                            api_name="/segment")
@@ -412,8 +468,8 @@ def test_gradio_client_segment_and_canonicalize(models):
 def test_help_documents_the_options_and_their_variables():
     out = subprocess.run([sys.executable, "app.py", "--help"], cwd=REPO, capture_output=True, text=True,
                          timeout=120).stdout
-    for option in ("--sam", "--device", "--share", "--server-name", "--port", "--auth", "CANON_SAM",
-                   "CANON_DEVICE", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):
+    for option in ("--sam", "--sam-precision", "--device", "--share", "--server-name", "--port", "--auth", "CANON_SAM",
+                   "CANON_SAM_PRECISION", "CANON_DEVICE", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):
         assert option in out
 
 

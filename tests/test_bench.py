@@ -12,15 +12,17 @@ def test_bench_writes_the_figures_and_the_plot(tmp_path, capsys):
                  "--json", str(tmp_path / "bench.json"), "--plot", str(tmp_path / "bench.png")])
     assert code == 0
     figures = json.loads((tmp_path / "bench.json").read_text())
-    assert {"sam_model", "sam_encoder_ms", "canonicalizer_ms", "overhead_ratio", "click_ms", "params_ratio",
+    assert {"sam_model", "sam_encoder_ms", "sam_encoder_float32_ms", "sam_precision", "canonicalizer_ms",
+            "overhead_ratio", "first_click_ms", "ready_click_ms", "click_ms", "params_ratio",
             "peak_rss_mb"} <= set(figures)
+    assert set(figures["sams"]) == {"vit_b"} and figures["sams"]["vit_b"]["sam_encoder_ms"] == figures["sam_encoder_ms"]
     assert figures["sam_model"] == "vit_b" and figures["sam_parameters"] > 80e6  # ViT-B SAM: about 94 M
     assert figures["overhead_ratio"] == figures["canonicalizer_ms"] / figures["sam_encoder_ms"]
     assert 0.015 < figures["params_ratio"] < 0.025  # 1.86 M of about 94 M
     assert figures["click_ms"] < figures["everything_ms"]  # 2 decoder runs against 2 x 256
-    assert figures["click_ms"] < figures["first_click_ms"]
+    assert figures["click_ms"] < figures["ready_click_ms"] < figures["first_click_ms"]  # prepared: no encoder left
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| SAM vit_b image encoder |" in capsys.readouterr().out
+    assert f"| SAM vit_b image encoder, as served ({figures['sam_precision']}) |" in capsys.readouterr().out
 
 
 def test_bench_refuses_an_unknown_architecture(capsys):

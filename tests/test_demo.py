@@ -130,8 +130,14 @@ def test_embeddings_to_prepare_are_those_not_cached(paper_canonicalizer, standin
     session = Session().with_photo(prepare_photo(CAT)[0], 90)
     pending = embeddings_to_prepare(models, session, "standin")
     assert [name for name, _ in pending] == ["canonical", "turned"]
-    demo.embed(models, "standin", pending[0][1])
+    [embedding] = demo.encode(models, "standin", [pending[0][1]])
+    assert len(embeddings_to_prepare(models, session, "standin")) == 2  # encode stores nothing
+    models.sam("standin").store(pending[0][1], embedding)
     assert [name for name, _ in embeddings_to_prepare(models, session, "standin")] == ["turned"]
+    # A sweep needs the four quarter turns of the photo: their one canonical image (stored) and three turned ones;
+    # the one turn that the canonicalizer leaves as it is is the canonical image itself.
+    for_sweep = embeddings_to_prepare(models, session, "standin", for_sweep=True)
+    assert len(for_sweep) == 3 and all(name == "turned" for name, _ in for_sweep)
 
 
 def _dual() -> DualResult:

@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,10 @@ from canon.images import load_image
 from canon.registry import ModelUnavailableError
 from canon.render import mask_iou
 from canon.prompts import Prompts
-from canon.segmenter import (SAM_ARCHITECTURES, EquivariantSegmenter, build_sam,
-                             infer_architecture, load_sam)
+from conftest import STANDIN_ARCHITECTURE
+from canon.runtime import encoder_dtype
+from canon.segmenter import (SAM_ARCHITECTURES, EquivariantSegmenter, SamBackend, build_sam, infer_architecture,
+                             load_sam)
 
 
 @pytest.mark.parametrize("name", sorted(SAM_ARCHITECTURES))
@@ -92,6 +96,39 @@ def test_embeddings_computed_ahead_serve_the_next_request(segmenter, photo):
     assert segmenter.sam.encoder_ms > 0 and segmenter.sam.embed(turned) == 0.0  # cached now
     result = segmenter.segment(turned, PROMPTS.rotated(1, image.shape[:2]))
     assert result.sam.cached and result.canonicalized.cached
+
+
+def test_an_embedding_made_elsewhere_serves_clicks_bit_for_bit(standin_sam_path, photo):
+    # ZeroGPU's way: encode in the GPU worker (a pickled result), store in the serving process, decode there.
+    encoding, serving = (SamBackend(load_sam(standin_sam_path), name="standin") for _ in range(2))
+    embedding = pickle.loads(pickle.dumps(encoding.encode(photo)))
+    assert not encoding.has_embedding(photo)  # encode keeps nothing
+    serving.store(photo, embedding)
+    assert serving.has_embedding(photo) and serving.embed(photo) == 0.0
+    stored = serving.predict(photo, PROMPTS)
+    computed = encoding.predict(photo, PROMPTS)
+    assert stored.cached and not computed.cached
+    assert np.array_equal(stored.masks, computed.masks) and np.array_equal(stored.scores, computed.scores)
+
+
+def test_encoder_precision_resolves_to_native_arithmetic_only(monkeypatch):
+    cpu = torch.device("cpu")
+    assert encoder_dtype("float32", cpu) is torch.float32 and encoder_dtype("bfloat16", cpu) is torch.bfloat16
+    monkeypatch.setattr("canon.runtime.bfloat16_is_native", lambda device: False)
+    assert encoder_dtype("auto", cpu) is torch.float32
+    monkeypatch.setattr("canon.runtime.bfloat16_is_native", lambda device: True)
+    assert encoder_dtype("auto", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown SAM precision"):
+        SamBackend(build_sam(STANDIN_ARCHITECTURE), precision="half")
+
+
+def test_a_bfloat16_encoder_moves_the_embedding_a_little_and_keeps_float32_features(standin_sam_path, photo):
+    full, half = (SamBackend(load_sam(standin_sam_path), precision=p) for p in ("float32", "bfloat16"))
+    assert half.encoder_dtype is torch.bfloat16
+    reference, reduced = full.encode(photo).features, half.encode(photo).features
+    assert reduced.dtype is torch.float32  # the decoder and the cache stay in float32
+    relative_error = float((reduced - reference).norm() / reference.norm())
+    assert 0 < relative_error < 0.05
 
 
 def test_an_input_that_is_already_canonical_runs_the_decoder_once(segmenter, photo):
