@@ -108,6 +108,24 @@ SHOW_VIEW_ON_PHONE = ("() => { if (window.innerWidth <= 640) "
                       "document.getElementById('view')?.scrollIntoView({block: 'start', behavior: 'smooth'}); }")
 
 
+# Keyboard shortcuts, off while a text field has the focus: 1 / 2 / 3 choose what a click adds, U or Ctrl+Z
+# (Cmd+Z) undoes the last prompt, E segments everything.
+KEYBOARD = """() => {
+  const typing = "input:not([type=radio]):not([type=checkbox]):not([type=range]), textarea, select, [contenteditable]";
+  document.addEventListener("keydown", (event) => {
+    if (event.altKey || event.repeat || event.target.closest?.(typing)) return;
+    const command = event.ctrlKey || event.metaKey;
+    const key = event.key.toLowerCase();
+    let target = null;
+    if ((command && key === "z") || (!command && key === "u")) target = document.getElementById("undo");
+    else if (!command && key === "e") target = document.getElementById("everything");
+    else if (!command && ["1", "2", "3"].includes(key))
+      target = document.querySelectorAll("#mode input[type=radio]")[Number(key) - 1];
+    if (target) { event.preventDefault(); target.click(); }
+  });
+}"""
+
+
 class Blocks(gr.Blocks):
     """``gr.Blocks`` whose own refusals of a request's inputs reach the visitor as one sentence, not as Gradio's
     bare "Error" with a traceback in the server log: a file payload outside Gradio's upload folder (Gradio checks
@@ -324,8 +342,9 @@ class Handlers:
         if session.photo is None:
             return
         key = self.request_key(session, sam, multimask)
-        if shown is not None and shown.request == key:
-            return  # the panels show this very request already
+        if shown is not None and shown.request == key:  # the panels show this very request already (an undo
+            yield Page(status=_done(session, shown.outcome))  # made before the newer request's answer came)
+            return
         try:
             display = _display(show, opacity)
             if self.models.loaded(sam) is None:
@@ -553,14 +572,11 @@ class Handlers:
                  sam: str) -> Page:
         """Every panel for an outcome with SAM's results."""
         result = outcome.result
-        empty = session.everything and len(result.sam.masks) == 0 and len(result.canonicalized.masks) == 0
-        status = ("SAM found no masks on this photo, in either panel." if empty else
-                  "Done. Click again to refine, or turn the photo: your prompts turn with it.")
         downloads = [str(path) for path in self.exports.save(
             {schema.MASK_FILE_STEMS[path]: getattr(result, path) for path in schema.MASK_FILE_STEMS},
             rotation_deg=session.angle, sam=sam)]
         sam_panel, canonicalized_panel = self._panels(session, outcome, display)
-        return Page(shown=Shown(outcome, key, _swept(shown)), status=status, view=self._marked(session, outcome.view),
+        return Page(shown=Shown(outcome, key, _swept(shown)), status=_done(session, outcome), view=self._marked(session, outcome.view),
                     verdict=_verdict(session, outcome, display), sam=sam_panel, canonicalized=canonicalized_panel,
                     details=_details(outcome, session.everything), downloads=downloads)
 
@@ -571,6 +587,14 @@ class Handlers:
     @staticmethod
     def _marked(session: Session, image: np.ndarray) -> np.ndarray:
         return draw_prompts(image, session.prompts(), pending=session.pending_corner())
+
+
+def _done(session: Session, outcome: Outcome) -> str:
+    """The status line over SAM's answer."""
+    result = outcome.result
+    if session.everything and len(result.sam.masks) == 0 and len(result.canonicalized.masks) == 0:
+        return "SAM found no masks on this photo, in either panel."
+    return "Done. Click again to refine, or turn the photo: your prompts turn with it."
 
 
 def _swept(shown: Shown | None) -> tuple | None:
@@ -813,12 +837,12 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
                 verdict = gr.Markdown(elem_id="verdict")
                 with gr.Row(equal_height=True, elem_id="prompting"):
                     mode = gr.Radio(list(CLICK_MODES), value=next(iter(CLICK_MODES)), label="A click adds", scale=3,
-                                    elem_id="mode")
+                                    elem_id="mode", info="keys: 1, 2, 3; U undoes, E segments everything")
                     with gr.Column(scale=2, min_width=220):
                         with gr.Row():
-                            undo = gr.Button("Undo", size="sm", min_width=60)
+                            undo = gr.Button("Undo", size="sm", min_width=60, elem_id="undo")
                             clear = gr.Button("Clear", size="sm", min_width=60)
-                        everything = gr.Button("Segment everything", size="sm")
+                        everything = gr.Button("Segment everything", size="sm", elem_id="everything")
                 with gr.Row(equal_height=True, elem_id="display"):
                     show = gr.Radio(list(SHOW), value=SHOW[0], label="The panels show", scale=3, elem_id="show")
                     opacity = gr.Slider(0, 1, value=Display().opacity, step=0.05, label="Mask fill", scale=2,
@@ -901,8 +925,8 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
 def launch(demo: gr.Blocks, **options):
     """Serve the page with this app's settings (queue, upload size limit, bounded sessions, style); ``options`` go
     to ``gr.Blocks.launch`` and win."""
-    settings = dict(max_file_size=MAX_FILE_BYTES, state_session_capacity=200, css=CSS, theme=gr.themes.Soft(),
-                    footer_links=["api", "gradio"]) | options
+    settings = dict(max_file_size=MAX_FILE_BYTES, state_session_capacity=200, css=CSS, js=KEYBOARD,
+                    theme=gr.themes.Soft(), footer_links=["api", "gradio"]) | options
     return demo.queue(max_size=64).launch(**settings)
 
 

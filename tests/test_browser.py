@@ -8,6 +8,7 @@ after each event (a refused upload, a replaced photo, a typed or keyed angle, se
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def url(paper_canonicalizer, standin_sam_path):
     with pytest.MonkeyPatch.context() as patch:
         real = app.Handlers.photo
 
+        @functools.wraps(real)  # the same signature, so that Gradio still passes the gr.Request
         def counted(self, *args, **kwargs):
             PHOTO_CALLS.append(1)
             return real(self, *args, **kwargs)
@@ -151,6 +153,21 @@ def test_the_display_options_redraw_the_panels(desktop):
     expect(desktop.locator("#verdict")).to_contain_text("Magenta")
     assert not np.array_equal(image(desktop, "#sam-canonicalized"), before)
     desktop.locator("#show").get_by_text("best mask").click()
+    expect(desktop.locator("#verdict")).not_to_contain_text("Magenta")  # redrawn before the next test clicks
+
+
+def test_keyboard_shortcuts_choose_the_click_mode_and_undo(desktop):
+    radios = desktop.locator("#mode input[type=radio]")
+    desktop.locator("body").press("2")
+    expect(radios.nth(1)).to_be_checked()
+    desktop.locator("body").press("1")
+    expect(radios.nth(0)).to_be_checked()
+    click_view(desktop, 0.3, 0.7)  # a second point
+    marked, before = image(desktop, "#view"), desktop.locator("#view img").first.get_attribute("src")
+    desktop.locator("body").press("u")
+    desktop.wait_for_function("(before) => document.querySelector('#view img')?.src !== before", arg=before)
+    assert not np.array_equal(image(desktop, "#view"), marked)  # the point is gone from the photo
+    expect(status(desktop)).to_contain_text("Done")
 
 
 def test_a_typed_angle_applies_on_enter_and_the_arrow_keys_turn_too(desktop):
@@ -184,7 +201,7 @@ def test_the_sweep_goes_stale_when_the_prompts_change_and_a_new_photo_clears_it(
     expect(desktop.locator("#sweep-summary")).to_contain_text("Outdated")
     calls = len(PHOTO_CALLS)
     desktop.locator("#upload input[type=file]").set_input_files(str(REPO / "examples" / "animals_cat.jpg"))
-    expect(status(desktop)).to_contain_text("Photo loaded")
+    expect(status(desktop)).to_contain_text("SAM is ready")  # the light step ("Photo loaded"), then SAM's
     assert len(PHOTO_CALLS) == calls + 1  # one run of the photo handler, not two
     expect(desktop.locator("#sweep")).to_be_hidden()
     expect(desktop.locator("#angle input[type=number]")).to_have_value("0")
