@@ -127,27 +127,29 @@ def split_degrees(degrees: float) -> tuple[int, float]:
 def free_rotated_size(size: tuple[int, int], degrees: float) -> tuple[int, int]:
     """``(height, width)`` of an image of ``size = (H, W)`` after :func:`rotate_image_free` by ``degrees``."""
     k, residual = split_degrees(degrees)
-    return _tilt(rotated_size(size, k), residual)[1]
+    return rotated_size(_tilt(size, residual)[1], k)
 
 
 def rotate_image_free(image: np.ndarray, degrees: float) -> np.ndarray:
     """Rotate a uint8 ``H x W`` or ``H x W x 3`` image by any angle, counter-clockwise as displayed.
 
-    The quarter turns are exact (:func:`rotate_image`); a non-zero residual tilt is applied about the image centre
-    with bilinear interpolation on a canvas enlarged to hold the whole tilted picture (size
-    :func:`free_rotated_size`), the uncovered corners black. Returns a new uint8 array.
+    A non-zero residual tilt is applied about the image centre with bilinear interpolation on a canvas enlarged to
+    hold the whole tilted picture (size :func:`free_rotated_size`), the uncovered corners black; the quarter turns
+    follow, exact (:func:`rotate_image`). A rotation about the centre commutes with a quarter turn, so this is the
+    same picture as quarter turns first, and ``rotate_image_free(x, a + 90)`` is ``rotate_image`` of
+    ``rotate_image_free(x, a)`` by one, bit for bit. Returns a new uint8 array.
     """
     k, residual = split_degrees(degrees)
-    turned = rotate_image(image, k)
     if residual == 0:
-        return turned
-    forward, (height, width) = _tilt(turned.shape[:2], residual)
+        return rotate_image(image, k)
+    forward, (height, width) = _tilt(image.shape[:2], residual)
     inverse = np.linalg.inv(np.vstack([forward, [0.0, 0.0, 1.0]]))[:2]
     # PIL samples the input at inverse @ (x, y, 1) for each output pixel centre (x, y), in the same continuous
     # pixel coordinates as this module (centres at i + 0.5).
-    tilted = Image.fromarray(turned).transform((width, height), Image.Transform.AFFINE, data=inverse.ravel().tolist(),
-                                              resample=Image.Resampling.BILINEAR, fillcolor=0)
-    return np.asarray(tilted, dtype=np.uint8).copy()
+    tilted = Image.fromarray(np.ascontiguousarray(image)).transform(
+        (width, height), Image.Transform.AFFINE, data=inverse.ravel().tolist(), resample=Image.Resampling.BILINEAR,
+        fillcolor=0)
+    return rotate_image(np.asarray(tilted, dtype=np.uint8), k)
 
 
 def rotate_points_free(points: np.ndarray, degrees: float, size: tuple[int, int]) -> np.ndarray:
@@ -167,6 +169,22 @@ def unrotate_points_free(points: np.ndarray, degrees: float, size: tuple[int, in
     forward, _ = _tilt(turned_size, residual)
     untilted = (np.asarray(points, dtype=np.float64).reshape(-1, 2) - forward[:, 2]) @ np.linalg.inv(forward[:, :2]).T
     return unrotate_points(untilted, k, size)
+
+
+def unrotate_masks_free(masks: np.ndarray, degrees: float, size: tuple[int, int]) -> np.ndarray:
+    """Masks of ``rotate_image_free(image, degrees)`` (``N x H' x W'``) brought back to the frame of ``image``
+    (``size = (H, W)``): each pixel takes the mask pixel under its centre's image by :func:`rotate_points_free`
+    (nearest neighbour; False where that falls outside). Returns bool ``N x H x W``; for quarter turns this is
+    :func:`unrotate_masks` exactly (pixel centres map onto pixel centres)."""
+    masks = np.asarray(masks)
+    height, width = size
+    columns, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    where = rotate_points_free(np.stack([columns.ravel(), rows.ravel()], axis=1), degrees, size)
+    x, y = np.floor(where[:, 0]).astype(np.int64), np.floor(where[:, 1]).astype(np.int64)
+    inside = (x >= 0) & (x < masks.shape[2]) & (y >= 0) & (y < masks.shape[1])
+    out = np.zeros((len(masks), height * width), dtype=bool)
+    out[:, inside] = masks[:, y[inside], x[inside]].astype(bool)
+    return out.reshape(len(masks), height, width)
 
 
 def _tilt(size: tuple[int, int], residual_deg: float) -> tuple[np.ndarray, tuple[int, int]]:

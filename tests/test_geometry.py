@@ -129,6 +129,14 @@ def test_free_rotation_by_quarter_turns_is_the_exact_one(image, k):
     assert np.array_equal(geometry.rotate_image_free(image, 90 * k), geometry.rotate_image(image, k))
 
 
+@given(images().filter(lambda image: image.ndim == 2 or image.shape[2] == 3), st.sampled_from([7.5, 15, -30, 44]),
+       ks)
+def test_a_further_quarter_turn_of_a_free_rotation_is_exact(image, degrees, k):
+    """The tilt is done first, so angles a quarter turn apart give quarter turns of one array, bit for bit."""
+    assert np.array_equal(geometry.rotate_image_free(image, degrees + 90 * k),
+                          geometry.rotate_image(geometry.rotate_image_free(image, degrees), k))
+
+
 @given(st.data(), sizes, ks)
 def test_free_rotation_of_points_by_quarter_turns_is_the_exact_one(data, size, k):
     pts = data.draw(points(size))
@@ -169,3 +177,20 @@ def test_free_rotation_corners_are_outside_the_photo():
     canvas_corner = geometry.unrotate_points_free([[0.5, 0.5]], 30, size)[0]
     assert not (0 <= canvas_corner[0] <= 80 and 0 <= canvas_corner[1] <= 60)
     assert geometry.rotate_image_free(np.full((*size, 3), 200, np.uint8), 30)[0, 0].tolist() == [0, 0, 0]
+
+
+@given(st.integers(1, 9), st.integers(1, 9), ks)
+def test_free_mask_unrotation_by_quarter_turns_is_the_exact_one(height, width, k):
+    masks = np.random.default_rng(height * 10 + width).random((2, height, width)) > 0.5
+    turned = geometry.rotate_masks(masks, k)
+    assert np.array_equal(geometry.unrotate_masks_free(turned, 90 * k, (height, width)), masks)
+
+
+@pytest.mark.parametrize("degrees", [12, -33, 130])
+def test_free_mask_unrotation_undoes_the_image_rotation(degrees):
+    """A disc turned with the photo and brought back covers the disc it came from, but for its rim."""
+    columns, rows = np.meshgrid(np.arange(80) + 0.5, np.arange(60) + 0.5)
+    disc = (columns - 50) ** 2 + (rows - 25) ** 2 < 12 ** 2
+    turned = geometry.rotate_image_free(disc.astype(np.uint8) * 255, degrees) > 127
+    back = geometry.unrotate_masks_free(turned[None], degrees, disc.shape)[0]
+    assert back.shape == disc.shape and np.logical_xor(back, disc).sum() < 0.1 * disc.sum()
