@@ -43,6 +43,7 @@ from canon.registry import ModelUnavailableError
 from canon.render import PALETTE_NAMES, overlay
 from canon.runtime import SAM_PRECISIONS
 from canon.schema import is_unsure
+from canon.tilt import WITHIN_DEG, angular_error_deg
 from canon.segmenter import Embedding, PathResult
 
 try:  # Hugging Face ZeroGPU attaches a GPU only while a function wrapped in spaces.GPU runs
@@ -721,16 +722,23 @@ def _verdict(session: Session, outcome: Outcome, display: Display | None = None)
     how far the two panels agree, and when they cannot differ, why and what to try."""
     decision = outcome.canonicalization
     quarter, residual = geometry.split_degrees(session.angle)
-    lines = [f"**Canonicalizer:** looks turned **{decision.angle_deg}°** (p {decision.confidence:.2f}), so SAM + "
-             f"canonicalizer sees it turned back by {decision.angle_deg}°."]
+    if decision.tilt_deg:
+        lines = [f"**Canonicalizer:** looks tilted **{decision.tilt_deg:+.1f}°** and turned **{decision.angle_deg}°** "
+                 f"(p {decision.confidence:.2f}), so SAM + canonicalizer sees it untilted and turned back."]
+    else:
+        lines = [f"**Canonicalizer:** looks turned **{decision.angle_deg}°** (p {decision.confidence:.2f}), so SAM + "
+                 f"canonicalizer sees it turned back by {decision.angle_deg}°."]
     turned = 90 * quarter % 360
-    if session.angle != 0:
-        tilt = f" plus a {residual:+.0f}° tilt it cannot undo" if residual else ""
-        verdict = "✔ matches" if decision.angle_deg == turned else "✘ does not match"
+    if session.angle != 0 or decision.tilt_deg:
+        undoes = outcome.tilt_stage
+        tilt = f" plus a {residual:+.0f}° tilt{'' if undoes else ' it cannot undo'}" if residual else ""
+        found = angular_error_deg(decision.rotation_deg, session.angle) <= WITHIN_DEG if undoes else \
+            decision.angle_deg == turned
+        verdict = ("✔ matches" + (" within 5°" if undoes else "")) if found else "✘ does not match"
         lines.append(f"You turned the photo {turned}°{tilt}: {verdict} (assuming your photo was upright).")
     if is_unsure(decision):
         lines.append(f"⚠ Unsure: its top probability is only {decision.confidence:.2f}.")
-    if decision.k == 0:
+    if decision.k == 0 and decision.tilt_deg == 0:
         lines.append("Both panels see the same image: the canonicalizer left the photo as it is, so they agree by "
                      "construction. Turn the photo (90°, 180° or 270°) to see them differ.")
     if outcome.sam_error:
@@ -820,7 +828,9 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
                                       elem_id="examples")
                 gr.Markdown(EXAMPLES_NOTE, elem_id="examples-note")
                 angle = gr.Slider(0, 360, value=0, step=1, label="Turn (degrees, counter-clockwise)",
-                                  info="Beyond quarter turns, the tilt left is not undone.", elem_id="angle")
+                                  info=("Beyond quarter turns, the tilt is estimated from the edges and undone."
+                                        if models.canonicalizer.tilt is not None else
+                                        "Beyond quarter turns, the tilt left is not undone."), elem_id="angle")
                 with gr.Row():
                     turns = {value: gr.Button(f"{value}°", size="sm", min_width=50) for value in (0, 90, 180, 270)}
             with gr.Column(scale=4, min_width=300):
@@ -977,6 +987,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ask visitors for this user name and password (env CANON_AUTH)")
     parser.add_argument("--concurrency", type=whole_number(1, 64), default=env("CANON_CONCURRENCY", "1"),
                         help="model runs at once, all visitors together (env CANON_CONCURRENCY; default 1)")
+    parser.add_argument("--tilt", action="store_true", default=env("CANON_TILT", "").lower() in ("1", "true"),
+                        help="undo the tilt beyond quarter turns too, with the edge-orientation stage in front of "
+                             "the canonicalizer (env CANON_TILT=1; off by default: it also tilts some upright "
+                             "photos, see the README)")
     return parser
 
 
@@ -993,6 +1007,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         device = pick_device("cpu" if ZERO_GPU else args.device)
         canonicalizer = Canonicalizer.load(args.canonicalizer, device=device)
+        if args.tilt:
+            canonicalizer = canonicalizer.with_tilt()
     except (ValueError, ModelUnavailableError) as error:
         sys.exit(f"error: {error}")
     sources, first = sam_sources(args.sam)

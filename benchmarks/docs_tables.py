@@ -12,20 +12,25 @@ import sys
 from pathlib import Path
 
 from canon.bench import bench_table
-from canon.evaluate import orientation_table
+from canon.evaluate import orientation_by_angle_table, orientation_table
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = (REPO / "README.md", REPO / "docs" / "performance.md")
 BENCH, ORIENTATION = REPO / "docs" / "bench-cpu.json", REPO / "docs" / "orientation-wrn-c4-paper.json"
+ANY_ANGLE = REPO / "docs" / "orientation-any-angle.json"
 
 
 def headline_table(figures: dict) -> str:
     """The README's short table: what a visitor and a deployer want to know first."""
-    bench, orientation = figures["bench"], figures["orientation"]
+    bench, orientation, any_angle = figures["bench"], figures["orientation"], figures["any_angle"]
     model = bench["canonicalizer"]
     rows = [
         ("photos whose rotation the canonicalizer recovers (the 215 shared ones, at every quarter turn)",
          f"{100 * orientation['accuracy']:.1f} %", "`python -m canon evaluate orientation`"),
+        (f"the same photos turned by every multiple of {any_angle['angle_step_deg']:g}°, brought within 5° of "
+         "upright: quarter turns only / with the tilt stage (`--tilt`)",
+         f"{100 * any_angle['quarter_turns']['within_5deg']:.1f} % / {100 * any_angle['within_5deg']:.1f} %",
+         f"same, `--angle-step {any_angle['angle_step_deg']:g}`"),
         (f"canonicalizer time / SAM {bench['sam_model']} encoder time, one photo",
          f"{bench['canonicalizer_ms']:.0f} ms / {bench['sam_encoder_ms'] / 1000:.1f} s "
          f"({100 * bench['overhead_ratio']:.1f} %)", "`python -m canon bench`"),
@@ -44,8 +49,9 @@ def headline_table(figures: dict) -> str:
 SOURCES = {
     "bench": ((BENCH,), bench_table),
     "orientation": ((ORIENTATION,), orientation_table),
-    "headline": ((BENCH, ORIENTATION), lambda bench, orientation: headline_table(
-        {"bench": bench, "orientation": orientation})),
+    "any-angle": ((ANY_ANGLE,), orientation_by_angle_table),
+    "headline": ((BENCH, ORIENTATION, ANY_ANGLE), lambda bench, orientation, any_angle: headline_table(
+        {"bench": bench, "orientation": orientation, "any_angle": any_angle})),
 }
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.DOTALL)
 

@@ -40,6 +40,7 @@ from . import geometry
 from .networks import Arithmetic, ServingWRN
 from .registry import default_canonicalizer, resolve_canonicalizer_dir
 from .runtime import image_digest
+from .tilt import TiltEstimator
 
 PRECISIONS = ("float32", "bfloat16", "int8")
 INPUT_SIZES = (32, 512)  # the network trims 24 pixels from each side's length; above 512 nothing is gained
@@ -133,9 +134,16 @@ class Canonicalization:
     """What the canonicalizer decided for one image.
 
     ``k``: quarter turns (counter-clockwise) from the canonical orientation to the input; ``angle_deg = 90 * k``.
+    ``tilt_deg``: the tilt (counter-clockwise, in [-45, 45)) the tilt stage found and undid first, 0 without one;
+    the input is the canonical image turned by :attr:`rotation_deg` ``= 90 * k + tilt_deg``.
     ``probabilities``: softmax of the activations, float64 array of 4, index ``j`` = "the input is turned ``j``".
-    ``canonical_image``: ``rot90(image, -k)``, ``H' x W' x 3`` uint8, the image SAM is shown.
+    ``canonical_image``: ``rot90(image, -k)``, ``H' x W' x 3`` uint8, the image SAM is shown; with a tilt, the
+    input untilted (on a larger canvas, black corners) and then turned. ``orbit_turns``: the input is its C4 orbit
+    representative turned by this many quarter turns (the frame the tilt is undone in, for exact bookkeeping).
     ``elapsed_ms``: network time (0 when served from the cache); ``cached``: whether it was.
+
+    :meth:`points_to_canonical`, :meth:`boxes_to_canonical` and :meth:`masks_to_input` carry prompts into the
+    canonical image's frame and masks back, in the x, y pixel frame of :mod:`canon.geometry`.
     """
 
     k: int
@@ -144,14 +152,51 @@ class Canonicalization:
     canonical_image: np.ndarray
     elapsed_ms: float
     cached: bool
+    tilt_deg: float = 0.0
+    orbit_turns: int = 0
 
     @property
     def angle_deg(self) -> int:
         return 90 * self.k
 
     @property
+    def rotation_deg(self) -> float:
+        return 90 * self.k + self.tilt_deg
+
+    @property
     def confidence(self) -> float:
         return float(self.probabilities[self.k])
+
+    def points_to_canonical(self, points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """``N x 2`` points (x, y) of the input, of ``size = (H, W)``, in the canonical image's frame (float64)."""
+        if self.tilt_deg == 0:
+            return geometry.rotate_points(points, -self.k, size)
+        j, representative = self.orbit_turns, geometry.rotated_size(size, -self.orbit_turns)
+        untilted = geometry.rotate_points_free(geometry.rotate_points(points, -j, size), -self.tilt_deg,
+                                               representative)
+        return geometry.rotate_points(untilted, j - self.k, geometry.free_rotated_size(representative,
+                                                                                      -self.tilt_deg))
+
+    def boxes_to_canonical(self, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """``N x 4`` boxes (x0, y0, x1, y1) of the input in the canonical frame: with a tilt, the box around the
+        four turned corners (float64)."""
+        if self.tilt_deg == 0:
+            return geometry.rotate_boxes(boxes, -self.k, size)
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2)
+        turned = self.points_to_canonical(corners, size).reshape(-1, 4, 2)
+        return np.concatenate([turned.min(axis=1), turned.max(axis=1)], axis=1)
+
+    def masks_to_input(self, masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """``N x H' x W'`` masks of the canonical image back in the frame of the input of ``size = (H, W)``: exact
+        quarter turns, and with a tilt nearest neighbour on the input's canvas (:func:`geometry.unrotate_masks_free`),
+        done in the orbit representative's frame so that every quarter turn of an input gets the same pixels."""
+        if self.tilt_deg == 0:
+            return geometry.rotate_masks(masks, self.k)
+        j = self.orbit_turns
+        untilted = geometry.rotate_masks(masks, self.k - j)
+        return geometry.rotate_masks(geometry.unrotate_masks_free(untilted, -self.tilt_deg,
+                                                                  geometry.rotated_size(size, -j)), j)
 
 
 def orbit_representative(image: np.ndarray) -> int:
@@ -207,21 +252,23 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
 
     ``Canonicalizer.from_pretrained(dir_or_repo_id)`` reads ``config.json`` (``network``, ``preprocessing`` and
     ``policy``: the fields of :class:`NetworkSpec`, :class:`Preprocessing` and :class:`DecisionPolicy`; a missing
-    section or field takes its default) and ``model.safetensors`` (the network's state dict under ``network.``).
+    section or field takes its default; ``tilt``, the fields of :class:`canon.tilt.TiltEstimator`, puts a tilt
+    stage in front, none by default) and ``model.safetensors`` (the network's state dict under ``network.``).
     :meth:`canonicalize` is the entry point. Results are cached per C4 orbit (``cache_size`` entries), so rotated
-    copies of one photo cost one pass. The settings are immutable: :meth:`with_policy` and
-    :meth:`with_preprocessing` return a new canonicalizer that shares the weights and starts with an empty cache.
+    copies of one photo cost one pass. The settings are immutable: :meth:`with_policy`, :meth:`with_preprocessing`
+    and :meth:`with_tilt` return a new canonicalizer that shares the weights and starts with an empty cache.
     """
 
     def __init__(self, network: NetworkSpec | Mapping = NetworkSpec(),
                  preprocessing: Preprocessing | Mapping = Preprocessing(),
-                 policy: DecisionPolicy | Mapping = DecisionPolicy(), cache_size: int = 64):
+                 policy: DecisionPolicy | Mapping = DecisionPolicy(), cache_size: int = 64,
+                 tilt: TiltEstimator | Mapping | None = None):
         super().__init__()
         self._settings = (_spec(NetworkSpec, network), _spec(Preprocessing, preprocessing),
-                          _spec(DecisionPolicy, policy))
+                          _spec(DecisionPolicy, policy), None if tilt is None else _spec(TiltEstimator, tilt))
         self.network = ServingWRN(**dataclasses.asdict(self.network_spec), group_order=geometry.GROUP_ORDER)
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()  # orbit -> (tilt, logits)
         self._lock = threading.Lock()
         self.eval()
 
@@ -248,11 +295,17 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
         return self._settings[2]
 
     @property
+    def tilt(self) -> TiltEstimator | None:
+        """The tilt stage in front of the network, or None (quarter turns only)."""
+        return self._settings[3]
+
+    @property
     def config(self) -> dict:
         """What ``config.json`` holds for this canonicalizer."""
-        return {"network": dataclasses.asdict(self.network_spec),
-                "preprocessing": dataclasses.asdict(self.preprocessing),
-                "policy": dataclasses.asdict(self.policy), "cache_size": self.cache_size}
+        config = {"network": dataclasses.asdict(self.network_spec),
+                  "preprocessing": dataclasses.asdict(self.preprocessing),
+                  "policy": dataclasses.asdict(self.policy), "cache_size": self.cache_size}
+        return config | ({"tilt": dataclasses.asdict(self.tilt)} if self.tilt is not None else {})
 
     def save_pretrained(self, save_directory, **kwargs):
         """The Hub mixin's save, with :attr:`config` as ``config.json`` (settings of a derived canonicalizer too)."""
@@ -267,9 +320,13 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
         (``input_size=64``: the network on smaller inputs, a quarter of the cost)."""
         return self._sibling(preprocessing=dataclasses.replace(self.preprocessing, **changes))
 
+    def with_tilt(self, tilt: TiltEstimator | None = TiltEstimator()) -> "Canonicalizer":
+        """A canonicalizer with the same weights and this tilt stage in front (None: quarter turns only)."""
+        return self._sibling(tilt=tilt)
+
     def _sibling(self, **settings) -> "Canonicalizer":
         twin = type(self)(**{"network": self.network_spec, "preprocessing": self.preprocessing,
-                             "policy": self.policy, "cache_size": self.cache_size, **settings})
+                             "policy": self.policy, "cache_size": self.cache_size, "tilt": self.tilt, **settings})
         twin.network = self.network  # shared, not copied: the weights and their compiled forms
         return twin.eval()
 
@@ -320,21 +377,29 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
         """Decide the rotation of an ``H x W x 3`` uint8 RGB image; see :class:`Canonicalization`.
 
         Exactly equivariant: for any ``j``, ``canonicalize(rotate_image(x, j))`` has ``k`` increased by ``j``
-        (mod 4), probabilities rolled by ``j``, and the identical ``canonical_image``.
+        (mod 4), probabilities rolled by ``j``, and the identical ``canonical_image``. With a tilt stage
+        (:attr:`tilt`), the tilt is estimated on the orbit representative and undone there before the network
+        looks (:mod:`canon.tilt`), so this stays exact.
         """
         j = orbit_representative(image)
         representative = geometry.rotate_image(image, -j)
         key = image_digest(representative)
         start = time.perf_counter()
         with self._lock:
-            logits_r = self._cache.get(key)
-            cached = logits_r is not None
+            entry = self._cache.get(key)
+            cached = entry is not None
             if cached:
                 self._cache.move_to_end(key)
+        if cached:
+            tilt_deg, logits_r = entry
+        else:
+            tilt_deg = self.tilt(representative).degrees if self.tilt is not None else 0.0
+        if tilt_deg != 0:  # the representative untilted, the one the network sees (redone: a cache of images is big)
+            representative = geometry.rotate_image_free(representative, -tilt_deg)
         if not cached:
             logits_r = self.logits(representative)
             with self._lock:
-                self._cache[key] = logits_r
+                self._cache[key] = (tilt_deg, logits_r)
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         elapsed_ms = 0.0 if cached else (time.perf_counter() - start) * 1000.0
@@ -345,4 +410,4 @@ class Canonicalizer(nn.Module, PyTorchModelHubMixin,
         probabilities /= probabilities.sum()
         return Canonicalization(k=k, probabilities=np.roll(probabilities, j), logits=np.roll(logits_r, j),
                                 canonical_image=geometry.rotate_image(representative, j - k), elapsed_ms=elapsed_ms,
-                                cached=cached)
+                                cached=cached, tilt_deg=tilt_deg, orbit_turns=j)

@@ -21,6 +21,7 @@ import numpy as np
 from .prompts import PromptError, Prompts, parse_box, parse_point
 from .registry import ModelUnavailableError
 from .runtime import SAM_PRECISIONS
+from .tilt import TiltEstimator
 
 
 class CliError(Exception):
@@ -163,6 +164,13 @@ def orientation_options(parser: argparse.ArgumentParser) -> None:
                         help="decide near-ties with the mirrored photo too, or not")
     policy.add_argument("--mirror-margin", type=number(0), default=None, metavar="M",
                         help="near-ties for the mirror: best two float32 scores within M; inf: every photo")
+    angles = parser.add_argument_group("any angle (instead of the four quarter turns)")
+    angles.add_argument("--angle-step", type=number(0, 360, low_open=True), default=None, metavar="DEG",
+                        help="turn every photo by each multiple of DEG degrees below 360 and measure the share "
+                             "brought within 5 degrees of upright, with the tilt stage and without it")
+    angles.add_argument("--tilt-gate", type=number(0), default=TiltEstimator.gate, metavar="G",
+                        help="undo a tilt only where its edge orientations peak G times higher than at 0 degrees "
+                             f"(default {TiltEstimator.gate:g})")
     parser.add_argument("--split", choices=("all", "train", "validation"), default="all",
                              help="only the photos of one side of the training split (see python -m canon train)")
     split_options(parser)
@@ -192,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--box", type=_typed(parse_box, PromptError), metavar="X0,Y0,X1,Y1",
                      help="a box in the photo as stored on disk")
     seg.add_argument("--everything", action="store_true", help="segment everything (no prompts)")
+    seg.add_argument("--tilt", action="store_true",
+                     help="undo the photo's tilt too (the edge-orientation stage in front of the canonicalizer)")
     model_options(seg)
     seg.add_argument("--out", required=True, help="folder for the overlays, mask files and result.json")
 
@@ -204,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                               evaluate_consistency)
     consistency.add_argument("--images", required=True, help="folder of photos")
     model_options(consistency)
+    consistency.add_argument("--angle-step", type=number(0, 360, low_open=True), default=None, metavar="DEG",
+                             help="every multiple of DEG degrees below 360 instead of the three quarter turns")
+    consistency.add_argument("--tilt", action="store_true", help="with the tilt stage in front of the canonicalizer")
     json_option(consistency)
 
     coco = add_command(kinds, "coco", "the paper's protocol: box-prompted segm mAP at the four rotations",
@@ -311,7 +324,8 @@ def load_segmenter(args):
     from .runtime import pick_device
     from .segmenter import EquivariantSegmenter, SamBackend
 
-    return EquivariantSegmenter(load_canonicalizer(args),
+    canonicalizer = load_canonicalizer(args)
+    return EquivariantSegmenter(canonicalizer.with_tilt() if getattr(args, "tilt", False) else canonicalizer,
                                 SamBackend.load(args.sam or default_sam(), device=str(pick_device(args.device)),
                                                 precision=args.sam_precision))
 
@@ -366,7 +380,8 @@ def segment(args) -> None:
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
     decision = result.canonicalization
     probabilities = ", ".join(f"{a}: {p:.3f}" for a, p in zip(geometry.ANGLES_DEG, decision.probabilities))
-    print(f"canonicalizer: k={decision.k} ({decision.angle_deg} deg), probabilities {{{probabilities}}}, "
+    tilt = f", tilt {decision.tilt_deg:+.1f} deg undone first" if decision.tilt_deg else ""
+    print(f"canonicalizer: k={decision.k} ({decision.angle_deg} deg){tilt}, probabilities {{{probabilities}}}, "
           f"{decision.elapsed_ms:.0f} ms")
     for name, r in (("SAM alone", result.sam), ("SAM + canonicalizer", result.canonicalized)):
         print(f"{name}: {len(r.masks)} masks, scores {np.round(r.scores, 3).tolist()}, encoder {r.encoder_ms:.0f} ms"
@@ -394,6 +409,13 @@ def evaluate_orientation(args, load=None) -> None:
     if changes:
         canonicalizer = canonicalizer.with_policy(**changes)
         name += "".join(_POLICY_LABELS[option](value) for option, value in changes.items())
+    if args.angle_step is not None:
+        if args.plot:
+            raise CliError("--plot draws the quarter-turn evaluation; leave it out with --angle-step")
+        summary = evaluate.orientation_by_angle(canonicalizer, files, name, args.angle_step,
+                                                TiltEstimator(gate=args.tilt_gate))
+        write_summary(target, summary, evaluate.orientation_by_angle_table(summary))
+        return
     summary = evaluate.orientation_accuracy(canonicalizer, files, name)
     write_summary(target, summary, evaluate.orientation_table(summary))
     if args.plot:
@@ -424,7 +446,14 @@ def evaluate_consistency(args) -> None:
 
     target = json_target(args.json)
     files = photo_files(args.images)
-    summary = evaluate.mask_consistency(load_segmenter(args), files, args.sam or default_sam())
+    segmenter, sam = load_segmenter(args), args.sam or default_sam()
+    if args.angle_step is None:
+        summary = evaluate.mask_consistency(segmenter, files, sam)
+    else:
+        try:
+            summary = evaluate.mask_consistency_by_angle(segmenter, files, sam, args.angle_step)
+        except ValueError as error:
+            raise CliError(str(error)) from None
     write_summary(target, summary, evaluate.consistency_table(summary))
 
 

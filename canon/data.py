@@ -34,6 +34,11 @@ def _group_position(path: Path, salt: str) -> float:
     return (int.from_bytes(digest[:8], "big") >> 11) / 2**53
 
 
+def fold_of(path: Path, folds: int = 5, salt: str = "") -> int:
+    """The fold (``0 .. folds - 1``) whose validation side holds ``path`` in :func:`split_files`."""
+    return int(_group_position(path, salt) * folds)
+
+
 def split_files(files: list[Path], fold: int = 0, folds: int = 5, salt: str = "",
                 train_fraction: float = 1.0) -> tuple[list[Path], list[Path]]:
     """Fixed file-level split into ``(train, validation)``: the hash of a file's group, read as a number in [0, 1),
@@ -49,7 +54,7 @@ def split_files(files: list[Path], fold: int = 0, folds: int = 5, salt: str = ""
         raise ValueError(f"the training fraction must be in (0, 1], got {train_fraction}")
     train, validation = [], []
     for f in files:
-        if int(_group_position(f, salt) * folds) == fold:
+        if fold_of(f, folds, salt) == fold:
             validation.append(f)
         elif _group_position(f, salt + "fraction/") < train_fraction:
             train.append(f)

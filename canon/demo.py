@@ -285,6 +285,7 @@ class Outcome:
     ``result`` is None when SAM was not asked (no prompts yet) or could not run; ``sam_error`` then says why, in
     one sentence for a visitor (no server paths or options), in the second case. ``agreement`` is the IoU of the
     two paths' best masks (for "segment everything", of the areas the masks cover), or None without results.
+    ``tilt_stage``: whether the canonicalizer undoes tilts too (:meth:`Canonicalizer.with_tilt`).
     """
 
     view: np.ndarray
@@ -293,6 +294,7 @@ class Outcome:
     result: DualResult | None = None
     sam_error: str | None = None
     agreement: float | None = None
+    tilt_stage: bool = False
 
     @property
     def unsure(self) -> bool:
@@ -302,7 +304,8 @@ class Outcome:
 def canonicalized(models: Models, session: Session, view: np.ndarray | None = None) -> Outcome:
     """The canonicalizer's part alone for the session's view (``view``, when the caller has it already)."""
     view = session.view() if view is None else view
-    return Outcome(view, models.canonicalizer.canonicalize(view), session.residual_deg)
+    return Outcome(view, models.canonicalizer.canonicalize(view), session.residual_deg,
+                   tilt_stage=models.canonicalizer.tilt is not None)
 
 
 def run(models: Models, session: Session, sam_choice: str, multimask: bool = True,
@@ -325,7 +328,8 @@ def run(models: Models, session: Session, sam_choice: str, multimask: bool = Tru
     else:
         result = segmenter.segment(view, session.prompts(), multimask)
     return Outcome(view, result.canonicalization, session.residual_deg, result,
-                   agreement=schema.agreement(result, session.everything))
+                   agreement=schema.agreement(result, session.everything),
+                   tilt_stage=models.canonicalizer.tilt is not None)
 
 
 def embeddings_to_prepare(models: Models, session: Session, sam_choice: str,

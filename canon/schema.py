@@ -1,8 +1,9 @@
 """The records a result is written as, for the API's ``/segment`` and ``/canonicalize`` and the command line's
 ``result.json``: one definition, so that a program reads both the same way.
 
-``decision_record``: ``{"rotation_deg", "residual_tilt_deg", "canonicalizer": {"k", "angle_deg", "confidence",
-"unsure", "probabilities": {"0", "90", "180", "270"}, "ms", "cached"}}``.
+``decision_record``: ``{"rotation_deg", "residual_tilt_deg", "canonicalizer": {"k", "angle_deg", "tilt_deg",
+"confidence", "unsure", "probabilities": {"0", "90", "180", "270"}, "ms", "cached"}}`` (``tilt_deg``: the tilt the
+canonicalizer's tilt stage undid, 0 without one).
 ``size_record``: ``{"photo_size": [W, H], "processed_size": [W', H'], "scale": [W'/W, H'/H]}`` (the photo as sent
 and as segmented; masks and prompts are in the processed frame).
 ``path_record``: ``{"scores", "encoder_ms", "decoder_ms", "cached", "masks"}``, ``masks`` being the COCO RLE
@@ -32,7 +33,8 @@ def decision_record(decision: Canonicalization, rotation_deg: float, residual_ti
     """What the canonicalizer decided for a photo shown turned by ``rotation_deg`` (counter-clockwise)."""
     probabilities = {str(a): float(p) for a, p in zip(geometry.ANGLES_DEG, decision.probabilities)}
     return {"rotation_deg": rotation_deg, "residual_tilt_deg": residual_tilt_deg,
-            "canonicalizer": {"k": decision.k, "angle_deg": decision.angle_deg, "confidence": decision.confidence,
+            "canonicalizer": {"k": decision.k, "angle_deg": decision.angle_deg, "tilt_deg": decision.tilt_deg,
+                              "confidence": decision.confidence,
                               "unsure": is_unsure(decision), "probabilities": probabilities,
                               "ms": decision.elapsed_ms, "cached": decision.cached}}
 

@@ -399,37 +399,38 @@ class EquivariantSegmenter:
     def segment(self, image: np.ndarray, prompts: Prompts, multimask: bool = True) -> DualResult:
         """Both paths for point/box ``prompts`` given in the frame of ``image`` (``H x W x 3`` uint8)."""
         prompts.validate(image.shape[:2])
-        return self._both_paths(image, lambda shown, k: self.sam.predict(
-            shown, prompts.rotated(-k, image.shape[:2]), multimask))
+        return self._both_paths(image, lambda shown, decision: self.sam.predict(
+            shown, _prompts_for(prompts, decision, image.shape[:2]), multimask))
 
     def segment_boxes(self, image: np.ndarray, boxes: np.ndarray) -> DualResult:
         """Both paths, one mask per box (``N x 4``, in the frame of ``image``); see :meth:`SamBackend.predict_boxes`."""
-        return self._both_paths(image, lambda shown, k: self.sam.predict_boxes(
-            shown, geometry.rotate_boxes(boxes, -k, image.shape[:2])))
+        return self._both_paths(image, lambda shown, decision: self.sam.predict_boxes(
+            shown, boxes if decision is None else decision.boxes_to_canonical(boxes, image.shape[:2])))
 
     def segment_everything(self, image: np.ndarray, points_per_side: int = 16, **generator_options) -> DualResult:
         """Both paths in "segment everything" mode (see :meth:`SamBackend.everything`)."""
-        return self._both_paths(image, lambda shown, k: self.sam.everything(shown, points_per_side,
-                                                                             **generator_options))
+        return self._both_paths(image, lambda shown, decision: self.sam.everything(shown, points_per_side,
+                                                                                    **generator_options))
 
     def images_needed(self, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """The images whose SAM embeddings a request on ``image`` needs, canonical first (it serves the path that
         any later turn of the photo shares): ``("canonical", image turned back)`` and, when the canonicalizer turns
-        the photo, ``("turned", image)``; when it leaves the photo as it is, the one image serves both paths."""
+        or untilts the photo, ``("turned", image)``; when it leaves the photo as it is, one image serves both."""
         decision = self.canonicalizer.canonicalize(image)
         needed = [("canonical", decision.canonical_image)]
-        return needed + [("turned", image)] if decision.k != 0 else needed
+        return needed + [("turned", image)] if _changes(decision) else needed
 
     def _both_paths(self, image: np.ndarray, run) -> DualResult:
-        """``run(shown, k)`` answers the request on ``shown``, which is ``image`` turned by ``-k`` quarter turns
-        (prompts are mapped inside ``run``): once on ``image`` itself, once on the canonical image, mapped back."""
-        plain = run(image, 0)
+        """``run(shown, decision)`` answers the request on ``shown`` (prompts are mapped inside ``run``): once on
+        ``image`` itself (``decision`` None), once on the canonical image, whose masks come back through the
+        decision's own transform (:meth:`Canonicalization.masks_to_input`)."""
+        plain = run(image, None)
         decision = self.canonicalizer.canonicalize(image)
-        if decision.k == 0:  # the canonical image is the input itself: SAM's answer on it is the one just computed
-            canonical = replace(plain, encoder_ms=0.0, decoder_ms=0.0, cached=True)
-        else:
-            canonical = run(decision.canonical_image, decision.k)
-        return DualResult(plain, self._mapped_back(canonical, decision.k), decision)
+        if not _changes(decision):  # the canonical image is the input itself: SAM's answer on it is the one above
+            return DualResult(plain, replace(plain, encoder_ms=0.0, decoder_ms=0.0, cached=True), decision)
+        canonical = run(decision.canonical_image, decision)
+        return DualResult(plain, replace(canonical, masks=decision.masks_to_input(canonical.masks, image.shape[:2])),
+                          decision)
 
     def sweep(self, image: np.ndarray, prompts: Prompts, multimask: bool = True) -> list[SweepEntry]:
         """The same prompts on ``image`` (``H x W x 3`` uint8, the upright reference) turned by 0, 90, 180 and 270
@@ -438,16 +439,30 @@ class EquivariantSegmenter:
         entries = []
         for k in range(geometry.GROUP_ORDER):
             turned = self.segment(geometry.rotate_image(image, k), prompts.rotated(k, image.shape[:2]), multimask)
-            upright = DualResult(self._mapped_back(turned.sam, -k), self._mapped_back(turned.canonicalized, -k),
-                                 turned.canonicalization)
+            upright = DualResult(_turned(turned.sam, -k), _turned(turned.canonicalized, -k), turned.canonicalization)
             reference = entries[0].result if entries else upright
             entries.append(SweepEntry(k, upright, _best_iou(upright.sam, reference.sam),
                                       _best_iou(upright.canonicalized, reference.canonicalized)))
         return entries
 
-    @staticmethod
-    def _mapped_back(result: PathResult, k: int) -> PathResult:
-        return replace(result, masks=geometry.rotate_masks(result.masks, k))
+
+
+def _prompts_for(prompts: Prompts, decision: Canonicalization | None, size: tuple[int, int]) -> Prompts:
+    """``prompts`` of an input of ``size = (H, W)`` in the frame of the image a path sees: the input's own
+    (``decision`` None, SAM alone) or the canonical image's."""
+    if decision is None:
+        return prompts
+    box = None if prompts.box is None else decision.boxes_to_canonical(prompts.box, size)[0]
+    return replace(prompts, points=decision.points_to_canonical(prompts.points, size), box=box)
+
+
+def _changes(decision: Canonicalization) -> bool:
+    """Whether the canonical image differs from the input (a quarter turn or a tilt undone)."""
+    return decision.k != 0 or decision.tilt_deg != 0
+
+
+def _turned(result: PathResult, k: int) -> PathResult:
+    return replace(result, masks=geometry.rotate_masks(result.masks, k))
 
 
 def _best_iou(result: PathResult, reference: PathResult) -> float:

@@ -358,6 +358,14 @@ def test_an_undo_before_the_newer_answer_says_done(handlers):
     assert screen.status.startswith("Done") and len(screen.session.clicks) == 1
 
 
+def test_with_the_tilt_stage_the_verdict_says_the_tilt_found(handlers, paper_canonicalizer, standin_sam_path):
+    tilting = app.Handlers(standin_models(paper_canonicalizer.with_tilt(), standin_sam_path))
+    for each, says in ((tilting, "looks tilted **+"), (handlers, "tilt it cannot undo")):
+        session = each.example(None, gr.SelectData(None, {"index": 2, "value": None})).session  # the tower
+        verdict = each.rotate(session, None, 20).verdict
+        assert "You turned the photo 0° plus a +20° tilt" in verdict and says in verdict
+
+
 def test_examples_load_turned(handlers):
     screen = Screen(handlers)
     index = next(i for i, example in enumerate(app.EXAMPLES) if example[1] == 90)

@@ -15,6 +15,7 @@ from canon import networks
 from canon.canonicalizer import Canonicalizer, DecisionPolicy, Preprocessing, orbit_representative, prior_loss
 from canon.networks import FLOAT32, Arithmetic
 from canon.images import load_image
+from canon.tilt import TiltEstimator
 from conftest import REPO, float32_logits
 
 
@@ -138,6 +139,11 @@ def test_settings_come_from_config_json_sections_and_unknown_ones_are_refused(pa
                                                                            precision="bfloat16")
     with pytest.raises(ValueError, match="DecisionPolicy has no setting precison"):
         Canonicalizer(policy={"precison": "int8"})
+    assert '"tilt"' not in config and Canonicalizer.load(str(tmp_path)).tilt is None  # no tilt stage by default
+    paper_canonicalizer.with_tilt(TiltEstimator(gate=1.3)).save_pretrained(tmp_path / "tilting")
+    assert Canonicalizer.load(str(tmp_path / "tilting")).tilt == TiltEstimator(gate=1.3)
+    with pytest.raises(ValueError, match="TiltEstimator has no setting gates"):
+        Canonicalizer(tilt={"gates": 2})
     with pytest.raises(ValueError, match="recheck_margin takes a number from 0 to inf"):
         DecisionPolicy(recheck_margin=float("nan"))
     with pytest.raises(ValueError, match="the input size takes 32 to 512 pixels"):

@@ -36,6 +36,21 @@ def test_segment_writes_both_results(standin_sam_path, tmp_path, capsys):
             "annotations"]
 
 
+def test_segment_undoes_a_tilt_with_the_tilt_stage(standin_sam_path, tmp_path, capsys):
+    from canon import geometry
+    from canon.images import load_image
+
+    photo = tmp_path / "tilted.png"
+    Image.fromarray(geometry.rotate_image_free(load_image(REPO / "examples" / "france_eiffelTower.jpg"), 20)).save(photo)
+    assert main(["segment", str(photo), "--point", "380,300", "--tilt", "--sam", str(standin_sam_path),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "deg undone first" in capsys.readouterr().out
+    record = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert 15 < record["canonicalizer"]["tilt_deg"] < 25
+    masks, _ = masks_from_coco(json.loads((tmp_path / "out" / "sam_canonicalized.json").read_text()))
+    assert masks.shape[1:] == np.asarray(Image.open(photo)).shape[:2]  # back on the photo's own canvas
+
+
 @pytest.mark.parametrize("args, message", [
     (["segment", "missing.jpg", "--point", "1,1", "--out", "OUT"], "cannot read missing.jpg"),
     (["segment", "IMAGE", "--point", "1,x", "--out", "OUT"], "argument --point: 'x' is not a number"),
@@ -85,6 +100,23 @@ def test_evaluate_orientation_writes_the_summary(tmp_path, capsys):
     assert len(summary["missed"]) == round(2 * (1 - summary["accuracy"]))
     assert set(summary["missed"]) <= {"animals_cat.jpg", "animals_dog.jpg"}
     assert "| all (2 photos x 4) |" in capsys.readouterr().out
+
+
+def test_evaluate_orientation_at_any_angle_writes_both_stages(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "animals_cat.jpg").write_bytes((UPRIGHT / "animals_cat.jpg").read_bytes())
+    target = tmp_path / "o.json"
+    assert main(["evaluate", "orientation", "--images", str(folder), "--angle-step", "30", "--tilt-gate", "1.5",
+                 "--json", str(target)]) == 0
+    summary = json.loads(target.read_text())
+    assert summary["angles_deg"] == [30.0 * i for i in range(12)] and summary["tilt_estimator"]["gate"] == 1.5
+    assert {"within_5deg", "median_error_deg", "full", "quarter_turns"} <= set(summary)
+    assert set(summary["full"]["per_angle"]) == {f"{30 * i}" for i in range(12)}
+    assert "with the tilt stage" in capsys.readouterr().out
+    assert main(["evaluate", "orientation", "--images", str(folder), "--angle-step", "30", "--plot", "o.png",
+                 "--json", str(target)]) == 2
+    assert "--plot" in capsys.readouterr().err
 
 
 def test_evaluate_orientation_on_one_side_of_the_split_at_another_input_size(tmp_path, capsys):

@@ -29,3 +29,40 @@ def test_mask_consistency_separates_the_two_paths(paper_canonicalizer, standin_b
     assert set(summary["sam"]["per_rotation"]) == {"90", "180", "270"}
     assert 0.0 <= summary["sam"]["mean_iou"] < 1.0  # the stand-in SAM alone is not equivariant
     assert "| SAM + canonicalizer | 1.000 | 1.000 | 1.000 | 1.000 |" in consistency_table(summary)
+
+
+def test_orientation_by_angle_measures_both_stages(paper_canonicalizer, upright_files):
+    from canon.evaluate import orientation_by_angle, orientation_by_angle_table
+
+    files = upright_files[:3]
+    summary = orientation_by_angle(paper_canonicalizer, files, "wrn-c4-paper", 45, progress=False)
+    assert summary["angles_deg"] == [45.0 * i for i in range(8)] and summary["n_images"] == 3
+    full, quarter = summary["full"], summary["quarter_turns"]
+    # The quarter-turn stage alone cannot undo half a quarter turn; on quarter turns it is the C4 evaluation.
+    assert all(quarter["per_angle"][a] == {"within_5deg": 0.0, "median_error_deg": 45.0}
+               for a in ("45", "135", "225", "315"))
+    accuracy = orientation_accuracy(paper_canonicalizer, files, "wrn-c4-paper", progress=False)["accuracy"]
+    assert quarter["quarter_turn_angles_within_5deg"] == accuracy
+    # Exact for quarter turns, with the tilt stage too: angles a quarter turn apart fare identically.
+    for stage in (full, quarter):
+        assert len({str(stage["per_angle"][a]) for a in ("0", "90", "180", "270")}) == 1
+        assert len({str(stage["per_angle"][a]) for a in ("45", "135", "225", "315")}) == 1
+    assert summary["within_5deg"] == full["within_5deg"] and summary["median_error_deg"] == full["median_error_deg"]
+    assert 1 <= len(full["folds"]) <= 3 and summary["tilt_ms"] > 0 and summary["network_ms"] > 0
+    assert "| all (3 photos x 8) |" in orientation_by_angle_table(summary)
+
+
+def test_mask_consistency_by_angle_is_exact_at_quarter_turns(paper_canonicalizer, standin_backend, upright_files):
+    from canon.evaluate import consistency_table, mask_consistency_by_angle
+    from canon.segmenter import EquivariantSegmenter
+
+    files = upright_files[:1]
+    quarter = mask_consistency_by_angle(EquivariantSegmenter(paper_canonicalizer, standin_backend), files, "standin",
+                                        90, progress=False)
+    assert set(quarter["canonicalized"]["per_rotation"]) == {"90", "180", "270"}
+    assert quarter["canonicalized"]["mean_iou"] == 1.0 and quarter["sam"]["mean_iou"] < 1.0
+    tilted = mask_consistency_by_angle(EquivariantSegmenter(paper_canonicalizer.with_tilt(), standin_backend), files,
+                                       "standin", 45, progress=False)
+    assert set(tilted["sam"]["per_rotation"]) == {f"{45 * i}" for i in range(1, 8)} and tilted["angle_step_deg"] == 45
+    assert all(0.0 <= v <= 1.0 for path in ("sam", "canonicalized") for v in tilted[path]["per_rotation"].values())
+    assert "| SAM + canonicalizer |" in consistency_table(tilted)

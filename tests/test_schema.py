@@ -21,7 +21,7 @@ def result(k: int = 1) -> DualResult:
 def test_the_segment_record_holds_the_decision_both_paths_and_their_agreement():
     record = schema.segment_record(result(), 90, schema.agreement(result()), residual_tilt_deg=0.0)
     assert json.loads(json.dumps(record)) == record  # JSON as it is
-    assert record["canonicalizer"] == {"k": 1, "angle_deg": 90, "confidence": 0.6, "unsure": False,
+    assert record["canonicalizer"] == {"k": 1, "angle_deg": 90, "tilt_deg": 0.0, "confidence": 0.6, "unsure": False,
                                        "probabilities": {"0": 0.1, "90": 0.6, "180": 0.2, "270": 0.1},
                                        "ms": 12.0, "cached": False}
     assert record["rotation_deg"] == 90 and record["iou"] == schema.agreement(result())

@@ -201,3 +201,19 @@ def test_fuzz_prompt_validation_accepts_or_refuses_with_a_sentence(points, label
     else:
         assert len(prompts.points) == len(prompts.labels) <= 64
         assert np.all((prompts.points >= 0) & (prompts.points <= [640, 480]))
+
+
+def test_the_tilt_stage_keeps_both_paths_exact_for_quarter_turns(paper_canonicalizer, standin_backend):
+    """A photo tilted 20 degrees: SAM + canonicalizer sees it untilted (the tilt found), its masks come back on the
+    photo's own canvas, and its sweep over quarter turns agrees to the bit."""
+    from conftest import REPO
+
+    tilted = geometry.rotate_image_free(load_image(REPO / "examples" / "france_eiffelTower.jpg"), 20)
+    segmenter = EquivariantSegmenter(paper_canonicalizer.with_tilt(), standin_backend)
+    height, width = tilted.shape[:2]
+    entries = segmenter.sweep(tilted, Prompts.make([[width / 2, height / 2]]))
+    decision = entries[0].result.canonicalization
+    assert abs(decision.tilt_deg - 20) < 3 and decision.canonical_image.shape[0] > height
+    assert [name for name, _ in segmenter.images_needed(tilted)] == ["canonical", "turned"]
+    assert entries[0].result.canonicalized.masks.shape[1:] == (height, width)
+    assert all(entry.canonicalized_iou == 1.0 for entry in entries)
