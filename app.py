@@ -756,7 +756,8 @@ def _verdict(session: Session, outcome: Outcome, display: Display | None = None)
 def _details(outcome: Outcome, everything: bool) -> str:
     """The canonicalizer's time, then both results' masks and timings, as Markdown."""
     decision = outcome.canonicalization
-    text = (f"**Canonicalizer:** turned {decision.angle_deg}° (probability {decision.confidence:.2f}), "
+    tilt = f", tilted {decision.tilt_deg:+.1f}°" if decision.tilt_deg else ""
+    text = (f"**Canonicalizer:** turned {decision.angle_deg}°{tilt} (probability {decision.confidence:.2f}), "
             f"{_duration(decision.elapsed_ms, decision.cached)}.")
     result = outcome.result
     if result is None:
@@ -1007,7 +1008,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         device = pick_device("cpu" if ZERO_GPU else args.device)
         canonicalizer = Canonicalizer.load(args.canonicalizer, device=device)
-        if args.tilt:
+        if args.tilt and canonicalizer.tilt is None:  # a model's config.json may bring its own tilt settings
             canonicalizer = canonicalizer.with_tilt()
     except (ValueError, ModelUnavailableError) as error:
         sys.exit(f"error: {error}")

@@ -28,7 +28,7 @@ def headline_table(figures: dict) -> str:
         ("photos whose rotation the canonicalizer recovers (the 215 shared ones, at every quarter turn)",
          f"{100 * orientation['accuracy']:.1f} %", "`python -m canon evaluate orientation`"),
         (f"the same photos turned by every multiple of {any_angle['angle_step_deg']:g}°, brought within 5° of "
-         "upright: quarter turns only / with the tilt stage (`--tilt`)",
+         "upright: quarter turns only / with the tilt stage (the app's `--tilt`)",
          f"{100 * any_angle['quarter_turns']['within_5deg']:.1f} % / {100 * any_angle['within_5deg']:.1f} %",
          f"same, `--angle-step {any_angle['angle_step_deg']:g}`"),
         (f"canonicalizer time / SAM {bench['sam_model']} encoder time, one photo",

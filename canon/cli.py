@@ -10,6 +10,7 @@ matplotlib and pycocotools cost seconds that ``--help`` and an argument error sh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -168,9 +169,9 @@ def orientation_options(parser: argparse.ArgumentParser) -> None:
     angles.add_argument("--angle-step", type=number(0, 360, low_open=True), default=None, metavar="DEG",
                         help="turn every photo by each multiple of DEG degrees below 360 and measure the share "
                              "brought within 5 degrees of upright, with the tilt stage and without it")
-    angles.add_argument("--tilt-gate", type=number(0), default=TiltEstimator.gate, metavar="G",
+    angles.add_argument("--tilt-gate", type=number(0), default=None, metavar="G",
                         help="undo a tilt only where its edge orientations peak G times higher than at 0 degrees "
-                             f"(default {TiltEstimator.gate:g})")
+                             f"(default: the model's tilt settings, else {TiltEstimator.gate:g})")
     parser.add_argument("--split", choices=("all", "train", "validation"), default="all",
                              help="only the photos of one side of the training split (see python -m canon train)")
     split_options(parser)
@@ -325,7 +326,9 @@ def load_segmenter(args):
     from .segmenter import EquivariantSegmenter, SamBackend
 
     canonicalizer = load_canonicalizer(args)
-    return EquivariantSegmenter(canonicalizer.with_tilt() if getattr(args, "tilt", False) else canonicalizer,
+    if getattr(args, "tilt", False) and canonicalizer.tilt is None:  # a model's config.json may bring its own
+        canonicalizer = canonicalizer.with_tilt()
+    return EquivariantSegmenter(canonicalizer,
                                 SamBackend.load(args.sam or default_sam(), device=str(pick_device(args.device)),
                                                 precision=args.sam_precision))
 
@@ -412,8 +415,11 @@ def evaluate_orientation(args, load=None) -> None:
     if args.angle_step is not None:
         if args.plot:
             raise CliError("--plot draws the quarter-turn evaluation; leave it out with --angle-step")
-        summary = evaluate.orientation_by_angle(canonicalizer, files, name, args.angle_step,
-                                                TiltEstimator(gate=args.tilt_gate))
+        estimator = canonicalizer.tilt or TiltEstimator()
+        if args.tilt_gate is not None:
+            estimator = dataclasses.replace(estimator, gate=args.tilt_gate)
+        summary = evaluate.orientation_by_angle(canonicalizer, files, name, args.angle_step, estimator,
+                                                folds=args.folds)
         write_summary(target, summary, evaluate.orientation_by_angle_table(summary))
         return
     summary = evaluate.orientation_accuracy(canonicalizer, files, name)

@@ -110,8 +110,8 @@ def unrotate_boxes(boxes: np.ndarray, k: int, size: tuple[int, int]) -> np.ndarr
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Free angles. A C4 canonicalizer can only undo quarter turns; a photo turned by any other angle is modelled as an
-# exact quarter-turn rotation followed by a residual tilt of at most 45 degrees, which stays in the image for good.
+# Free angles. A C4 canonicalizer can only undo quarter turns; a photo turned by any other angle is modelled as a
+# residual tilt of at most 45 degrees and exact quarter turns (which commute), the tilt resampled once.
 
 
 def split_degrees(degrees: float) -> tuple[int, float]:
@@ -137,7 +137,8 @@ def rotate_image_free(image: np.ndarray, degrees: float) -> np.ndarray:
     hold the whole tilted picture (size :func:`free_rotated_size`), the uncovered corners black; the quarter turns
     follow, exact (:func:`rotate_image`). A rotation about the centre commutes with a quarter turn, so this is the
     same picture as quarter turns first, and ``rotate_image_free(x, a + 90)`` is ``rotate_image`` of
-    ``rotate_image_free(x, a)`` by one, bit for bit. Returns a new uint8 array.
+    ``rotate_image_free(x, a)`` by one, bit for bit wherever the two residuals are the same float (whole degrees,
+    multiples of 15 and the like). Returns a new uint8 array.
     """
     k, residual = split_degrees(degrees)
     if residual == 0:
@@ -149,7 +150,7 @@ def rotate_image_free(image: np.ndarray, degrees: float) -> np.ndarray:
     tilted = Image.fromarray(np.ascontiguousarray(image)).transform(
         (width, height), Image.Transform.AFFINE, data=inverse.ravel().tolist(), resample=Image.Resampling.BILINEAR,
         fillcolor=0)
-    return rotate_image(np.asarray(tilted, dtype=np.uint8), k)
+    return rotate_image(np.array(tilted, dtype=np.uint8), k)  # a copy: PIL's buffer is read-only
 
 
 def rotate_points_free(points: np.ndarray, degrees: float, size: tuple[int, int]) -> np.ndarray:

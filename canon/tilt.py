@@ -8,8 +8,9 @@ degrees weighted by their magnitude and smoothed, its peak refined by a parabola
 histogram's value at 0 degrees (the photo as it is) by the factor ``gate``, the tilt is 0 and the photo is not
 resampled.
 
-The black corners of a photo turned on a larger canvas are not edges of the photo: pixels within ``margin_px`` of
-a pure black pixel are left out, or the canvas's own border would report the tilt it was made with.
+The black corners of a photo turned on a larger canvas are not edges of the photo: pixels within ``margin_px + 1``
+(at the estimator's scale) of a pure black pixel or of the image border are left out, or the canvas's own border
+would report the tilt it was made with.
 
 Exactness for quarter turns: the canonicalizer (:meth:`canon.canonicalizer.Canonicalizer.with_tilt`) estimates and
 undoes the tilt on the photo's C4 orbit representative, so the four quarter turns of a photo get the identical tilt
@@ -54,8 +55,8 @@ class TiltEstimator:
     margin_px: int = 4
 
     def __post_init__(self):
-        if not (self.size >= 16 and self.bins >= 8 and self.smooth_deg > 0 and self.gate >= 0
-                and self.margin_px >= 0):
+        if not (self.size >= 16 and self.bins >= 8 and self.bins % 2 == 0 and self.smooth_deg > 0  # even: a bin
+                and self.gate >= 0 and self.margin_px >= 0):  # centred on 0 degrees, for the gate
             raise ValueError(f"tilt settings out of range: {self}")
 
     def histogram(self, image: np.ndarray) -> np.ndarray:

@@ -135,6 +135,7 @@ def test_a_further_quarter_turn_of_a_free_rotation_is_exact(image, degrees, k):
     """The tilt is done first, so angles a quarter turn apart give quarter turns of one array, bit for bit."""
     assert np.array_equal(geometry.rotate_image_free(image, degrees + 90 * k),
                           geometry.rotate_image(geometry.rotate_image_free(image, degrees), k))
+    assert geometry.rotate_image_free(image, degrees).flags.writeable  # a new array, not PIL's buffer
 
 
 @given(st.data(), sizes, ks)

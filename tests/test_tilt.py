@@ -82,3 +82,8 @@ def test_angular_error_is_the_distance_on_the_circle():
 def test_settings_out_of_range_are_refused():
     with pytest.raises(ValueError, match="tilt settings"):
         TiltEstimator(gate=-1)
+
+
+def test_an_odd_number_of_bins_is_refused():
+    with pytest.raises(ValueError, match="tilt settings"):
+        TiltEstimator(bins=9)  # no bin would be centred on 0 degrees, where the gate looks
