@@ -20,7 +20,8 @@ def test_bench_writes_the_figures_and_the_plot(tmp_path, capsys):
     assert figures["overhead_ratio"] == figures["canonicalizer_ms"] / figures["sam_encoder_ms"]
     assert 0.015 < figures["params_ratio"] < 0.025  # 1.86 M of about 94 M
     assert figures["click_ms"] < figures["everything_ms"]  # 2 decoder runs against 2 x 256
-    assert figures["click_ms"] < figures["ready_click_ms"] < figures["first_click_ms"]  # prepared: no encoder left
+    # Prepared: no encoder left, so a first click costs a cached one (the two are not ordered: timing noise).
+    assert max(figures["click_ms"], figures["ready_click_ms"]) < figures["first_click_ms"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"| SAM vit_b image encoder, as served ({figures['sam_precision']}) |" in capsys.readouterr().out
 

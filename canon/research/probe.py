@@ -23,6 +23,7 @@ from ..canonicalizer import Canonicalizer, DecisionPolicy, NetworkSpec, Preproce
 from ..data import split_files
 from ..images import load_image
 from ..networks import FLOAT32, Arithmetic, ServingWRN, _resize_buffers, stage_ends
+from ..tilt import TiltEstimator
 from ..train import TrainConfig, augment, shrink, validation_accuracy
 
 
@@ -129,8 +130,8 @@ class ProbeCanonicalizer(Canonicalizer):
     def __init__(self, network: NetworkSpec | Mapping = NetworkSpec(),
                  preprocessing: Preprocessing | Mapping = Preprocessing(),
                  policy: DecisionPolicy | Mapping = DecisionPolicy(), probe: ProbeSpec | Mapping = ProbeSpec((0,)),
-                 cache_size: int = 64):
-        super().__init__(network, preprocessing, policy, cache_size)
+                 cache_size: int = 64, tilt: TiltEstimator | Mapping | None = None):
+        super().__init__(network, preprocessing, policy, cache_size, tilt)
         self.probe_spec: ProbeSpec = _spec(ProbeSpec, probe)
         self.network = ProbedWRN(**asdict(self.network_spec), group_order=self.network.group_order,
                                  probe=self.probe_spec)
