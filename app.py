@@ -577,7 +577,8 @@ class Handlers:
             {schema.MASK_FILE_STEMS[path]: getattr(result, path) for path in schema.MASK_FILE_STEMS},
             rotation_deg=session.angle, sam=sam)]
         sam_panel, canonicalized_panel = self._panels(session, outcome, display)
-        return Page(shown=Shown(outcome, key, _swept(shown)), status=_done(session, outcome), view=self._marked(session, outcome.view),
+        return Page(shown=Shown(outcome, key, _swept(shown)), status=_done(session, outcome),
+                    view=self._marked(session, outcome.view),
                     verdict=_verdict(session, outcome, display), sam=sam_panel, canonicalized=canonicalized_panel,
                     details=_details(outcome, session.everything), downloads=downloads)
 
@@ -738,7 +739,7 @@ def _verdict(session: Session, outcome: Outcome, display: Display | None = None)
         lines.append(f"You turned the photo {turned}°{tilt}: {verdict} (assuming your photo was upright).")
     if is_unsure(decision):
         lines.append(f"⚠ Unsure: its top probability is only {decision.confidence:.2f}.")
-    if decision.k == 0 and decision.tilt_deg == 0:
+    if not decision.changes_image:
         lines.append("Both panels see the same image: the canonicalizer left the photo as it is, so they agree by "
                      "construction. Turn the photo (90°, 180° or 270°) to see them differ.")
     if outcome.sam_error:

@@ -167,6 +167,11 @@ class Canonicalization:
     def confidence(self) -> float:
         return float(self.probabilities[self.k])
 
+    @property
+    def changes_image(self) -> bool:
+        """Whether the canonical image differs from the input (a quarter turn or a tilt undone)."""
+        return self.k != 0 or self.tilt_deg != 0
+
     def points_to_canonical(self, points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """``N x 2`` points (x, y) of the input, of ``size = (H, W)``, in the canonical image's frame (float64)."""
         if self.tilt_deg == 0:

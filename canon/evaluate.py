@@ -71,7 +71,7 @@ def orientation_by_angle(canonicalizer: Canonicalizer, files: Iterable[Path], mo
     if not 0 < angle_step <= 360:
         raise ValueError(f"the angle step takes 0 to 360 degrees, not {angle_step}")
     files = list(files)
-    angles = [float(step * angle_step) for step in range(int(np.ceil(360 / angle_step - 1e-9)))]
+    angles = _angles_below_360(angle_step)
     stages = {"full": canonicalizer.with_tilt(estimator), "quarter_turns": canonicalizer.with_tilt(None)}
     errors = {stage: np.zeros((len(files), len(angles))) for stage in stages}
     tilt_ms, network_ms = [], []
@@ -108,6 +108,11 @@ def orientation_by_angle(canonicalizer: Canonicalizer, files: Iterable[Path], mo
     summary["tilt_ms"] = float(statistics.median(tilt_ms)) if tilt_ms else 0.0
     summary["network_ms"] = float(statistics.median(network_ms)) if network_ms else 0.0
     return summary
+
+
+def _angles_below_360(step: float) -> list[float]:
+    """``0, step, 2 step, ...`` below 360 degrees."""
+    return [float(i * step) for i in range(int(np.ceil(360 / step - 1e-9)))]
 
 
 def orientation_by_angle_table(summary: dict) -> str:
@@ -164,7 +169,7 @@ def mask_consistency_by_angle(segmenter, files: Iterable[Path], sam_model: str, 
     if not 0 < angle_step < 360:
         raise ValueError(f"the angle step takes 0 to 360 degrees (both excluded), not {angle_step}")
     files = list(files)
-    angles = [float(step * angle_step) for step in range(1, int(np.ceil(360 / angle_step - 1e-9)))]
+    angles = _angles_below_360(angle_step)[1:]
     ious = {"sam": [], "canonicalized": []}
     for path in tqdm(files, desc="consistency", unit="photo", disable=not progress):
         image = load_image(path)

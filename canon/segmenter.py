@@ -418,7 +418,7 @@ class EquivariantSegmenter:
         or untilts the photo, ``("turned", image)``; when it leaves the photo as it is, one image serves both."""
         decision = self.canonicalizer.canonicalize(image)
         needed = [("canonical", decision.canonical_image)]
-        return needed + [("turned", image)] if _changes(decision) else needed
+        return needed + [("turned", image)] if decision.changes_image else needed
 
     def _both_paths(self, image: np.ndarray, run) -> DualResult:
         """``run(shown, decision)`` answers the request on ``shown`` (prompts are mapped inside ``run``): once on
@@ -426,7 +426,7 @@ class EquivariantSegmenter:
         decision's own transform (:meth:`Canonicalization.masks_to_input`)."""
         plain = run(image, None)
         decision = self.canonicalizer.canonicalize(image)
-        if not _changes(decision):  # the canonical image is the input itself: SAM's answer on it is the one above
+        if not decision.changes_image:  # the canonical image is the input itself: SAM's answer on it is the one above
             return DualResult(plain, replace(plain, encoder_ms=0.0, decoder_ms=0.0, cached=True), decision)
         canonical = run(decision.canonical_image, decision)
         return DualResult(plain, replace(canonical, masks=decision.masks_to_input(canonical.masks, image.shape[:2])),
@@ -454,11 +454,6 @@ def _prompts_for(prompts: Prompts, decision: Canonicalization | None, size: tupl
         return prompts
     box = None if prompts.box is None else decision.boxes_to_canonical(prompts.box, size)[0]
     return replace(prompts, points=decision.points_to_canonical(prompts.points, size), box=box)
-
-
-def _changes(decision: Canonicalization) -> bool:
-    """Whether the canonical image differs from the input (a quarter turn or a tilt undone)."""
-    return decision.k != 0 or decision.tilt_deg != 0
 
 
 def _turned(result: PathResult, k: int) -> PathResult:

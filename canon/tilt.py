@@ -24,8 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from . import geometry
-
 PERIOD_DEG = 90.0  # a quarter turn: edge orientations are read modulo it
 WITHIN_DEG = 5.0  # an estimate this close to the turn applied brings the photo upright
 
