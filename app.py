@@ -34,7 +34,7 @@ from gradio.utils import get_upload_folder
 
 from canon import geometry, schema
 from canon.cli import whole_number
-from canon.demo import (SHOW, Display, ExportFolder, Models, Outcome, Session, canonicalized, check_sweep,
+from canon.demo import (SHOW, SWEEPS, Display, ExportFolder, Models, Outcome, Session, canonicalized, check_sweep,
                         draw_panels, draw_prompts, embeddings_to_prepare, encode, prepare_photo, run, sam_sources,
                         sweep)
 from canon.images import MAX_FILE_BYTES, UPLOAD_REFUSAL, ImageError, read_upload
@@ -67,7 +67,7 @@ EXAMPLES_NOTE = "✘ The owl is one the paper's canonicalizer gets wrong."
 CLICK_MODES = {"object point (green)": "object", "background point (red)": "background", "box: two corners": "corner"}
 LIGHT = "light"  # the concurrency group of the events that run the canonicalizer at most
 HEAVY = "models"  # the concurrency group of every event that runs SAM
-GPU_SECONDS = 120  # ZeroGPU time asked for per call: enough for a first ViT-H embedding, or a sweep's five
+GPU_SECONDS = 120  # ZeroGPU time asked for per call: enough for a first ViT-H embedding, or a sweep's eight
 PANEL_HEIGHT = 440  # px: the turned photo and both results in one row, in view together at 1440 x 900
 
 INTRO = """
@@ -80,8 +80,9 @@ NO_PHOTO = "⚠ Upload a photo first."  # what every event that needs a photo sa
 HOW_TO = "Pick an example or upload a photo; turn it; then click on it."
 CLICK_ON_IT = "Click on the turned photo to prompt SAM (or press *Segment everything*)."
 READY = "SAM is ready for this photo and turn: click on it (each click takes a moment only)."
-SWEEP_INTRO = ("The canonicalized row should be identical at every angle; SAM alone drifts. (Costs up to five image "
-               "embeddings.)")
+SWEEP_INTRO = ("Quarter turns: the canonicalized row should be identical at every angle while SAM alone drifts (up "
+               "to five image embeddings). Tilts: only a canonicalizer with the tilt stage can follow them (up to "
+               "eight).")
 SWEEP_OUTDATED = "⚠ Outdated: the photo or the prompts changed since this sweep. Run it again."
 LEGEND = ("Outlines: blue = SAM's best mask, then orange, green (the other candidates). Dots: green = object, "
           "red = background.")
@@ -102,6 +103,8 @@ CSS = """
   #results { flex: 1 1 100% !important; min-width: 100% !important; }
   #sam-alone, #sam-canonicalized { flex: 1 1 0 !important; min-width: 0 !important; height: 280px !important; }
   #sweep .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+  #sweep-controls { flex-wrap: wrap !important; }  /* the sweep buttons across the screen, the summary below */
+  #sweep-buttons { flex: 1 1 100% !important; min-width: 100% !important; }
 }
 """
 # On a narrow screen the turned photo sits below the controls: a turn brings it into view.
@@ -386,34 +389,41 @@ class Handlers:
         """Another SAM or multimask setting: the heavy step again, for the same session."""
         yield from self.sam_step(session, shown, sam, multimask, show, opacity, request)
 
-    def sweep(self, session: Session | None, shown: Shown | None, sam: str, multimask: bool,
-              progress=gr.Progress(track_tqdm=True)) -> "SweepPage":
-        """The prompts with the photo turned by 0, 90, 180 and 270 degrees, both paths, turned back upright: the
-        gallery (SAM alone on the first row, SAM + canonicalizer on the second) and a summary."""
-        session = session or Session()
-        if session.photo is None:
-            return SweepPage(gr.Gallery(visible=False), NO_PHOTO)
-        try:
-            check_sweep(session)  # before five embeddings are prepared for nothing
-            self._prepare(sam, [image for _, image in embeddings_to_prepare(self.models, session, sam, True)])
-            entries = sweep(self.models, session, sam, multimask)
-        except ValueError as error:
-            return SweepPage(gr.Gallery(visible=False), _warning(error))
-        except ModelUnavailableError as error:
-            return SweepPage(gr.Gallery(visible=False), _warning(error.public))
-        reference = session.reference()
-        marked = partial(draw_prompts, prompts=session.prompts("reference"))
-        items = []
-        for path, name in (("sam", "SAM"), ("canonicalized", "SAM+canon.")):
-            for entry in entries:
-                best_mask = getattr(entry.result, path).masks[:1]
-                iou = entry.sam_iou if path == "sam" else entry.canonicalized_iou
-                unsure = path == "canonicalized" and is_unsure(entry.result.canonicalization)
-                caption = f"{name} {90 * entry.k}° · IoU {iou:.2f}" + (" ⚠ unsure" if unsure else "")
-                items.append((marked(overlay(reference, best_mask)), caption))
-        shown = shown or Shown()
-        return SweepPage(gr.Gallery(items, visible=True), _sweep_summary(entries, session.residual_deg),
-                         replace(shown, swept=self.sweep_key(session)))
+    def sweep(self, kind: str):
+        """The handler of a sweep button: the prompts with the photo turned by each angle of ``SWEEPS[kind]``, both
+        paths, turned back upright: the gallery (SAM alone on the first row, SAM + canonicalizer on the second) and
+        a summary."""
+        if kind not in SWEEPS:  # fails when the page is built, not when a visitor clicks
+            raise ValueError(f"unknown sweep {kind!r}")
+
+        def swept(session: Session | None, shown: Shown | None, sam: str, multimask: bool,
+                  progress=gr.Progress(track_tqdm=True)) -> SweepPage:
+            session = session or Session()
+            if session.photo is None:
+                return SweepPage(gr.Gallery(visible=False), NO_PHOTO)
+            try:
+                check_sweep(session)  # before the embeddings are prepared for nothing
+                self._prepare(sam, [image for _, image in embeddings_to_prepare(self.models, session, sam, kind)])
+                entries = sweep(self.models, session, sam, multimask, kind)
+            except ValueError as error:
+                return SweepPage(gr.Gallery(visible=False), _warning(error))
+            except ModelUnavailableError as error:
+                return SweepPage(gr.Gallery(visible=False), _warning(error.public))
+            image, frame = session.sweep_frame(kind)
+            marked = partial(draw_prompts, prompts=session.prompts(frame))
+            items = []
+            for path, name in (("sam", "SAM"), ("canonicalized", "SAM+canon.")):
+                for entry in entries:
+                    best_mask = getattr(entry.result, path).masks[:1]
+                    iou = entry.sam_iou if path == "sam" else entry.canonicalized_iou
+                    unsure = path == "canonicalized" and is_unsure(entry.result.canonicalization)
+                    caption = f"{name} {entry.degrees:g}° · IoU {iou:.2f}" + (" ⚠ unsure" if unsure else "")
+                    items.append((marked(overlay(image, best_mask)), caption))
+            summary = (_sweep_summary(entries, session.residual_deg) if kind == "quarter turns" else
+                       _tilt_sweep_summary(entries, self.models.canonicalizer.tilt is not None))
+            return SweepPage(gr.Gallery(items, visible=True), summary,
+                             replace(shown or Shown(), swept=self.sweep_key(session, kind)))
+        return swept
 
     # ------------------------------------------------------------------------------------------ API endpoints
 
@@ -494,9 +504,10 @@ class Handlers:
         return session.key, sam, bool(multimask)
 
     @staticmethod
-    def sweep_key(session: Session) -> tuple:
-        """What a sweep depends on: the photo, the tilt beyond quarter turns, the prompts in the upright frame."""
-        return session.photo_id, session.residual_deg, session.clicks
+    def sweep_key(session: Session, kind: str) -> tuple:
+        """What a sweep of ``kind`` depends on: the photo, the prompts in the upright frame and, for quarter turns,
+        the tilt beyond them (which that sweep keeps)."""
+        return kind, session.photo_id, session.residual_deg if kind == "quarter turns" else 0.0, session.clicks
 
     def _note(self, request: gr.Request | None, session: Session) -> None:
         """Record ``session`` as the visitor's newest, for :meth:`_overtaken`."""
@@ -567,7 +578,7 @@ class Handlers:
 
     def _sweep_note(self, session: Session, shown: Shown | None) -> Any:
         swept = _swept(shown)
-        return SWEEP_OUTDATED if swept is not None and swept != self.sweep_key(session) else SKIP
+        return SWEEP_OUTDATED if swept is not None and swept != self.sweep_key(session, swept[0]) else SKIP
 
     def _results(self, session: Session, outcome: Outcome, key: tuple, display: Display, shown: Shown | None,
                  sam: str) -> Page:
@@ -780,21 +791,41 @@ def _mask_list(result: PathResult, everything: bool) -> str:
                        for i, (score, area) in enumerate(zip(result.scores, areas)))
 
 
-def _sweep_summary(entries, residual_deg: float) -> str:
-    def ious(path: str) -> str:
-        return " / ".join(f"{getattr(entry, path + '_iou'):.2f}" for entry in entries[1:])
+def _sweep_ious(entries, path: str) -> str:
+    """The IoUs of one path's best masks with its first result, for every later angle of a sweep."""
+    return " / ".join(f"{getattr(entry, path + '_iou'):.2f}" for entry in entries[1:])
 
+
+def _angles(entries) -> str:
+    return " / ".join(f"{entry.degrees:g}°" for entry in entries)
+
+
+def _unsure_note(entries) -> str:
+    unsure = [f"{e.degrees:g}°" for e in entries if is_unsure(e.result.canonicalization)]
+    return f"\n\n⚠ The canonicalizer is unsure at {', '.join(unsure)}: its guess may be wrong there." if unsure else ""
+
+
+def _sweep_summary(entries, residual_deg: float) -> str:
     guesses = " · ".join(f"{e.result.canonicalization.angle_deg}° (p {e.result.canonicalization.confidence:.2f})"
                          for e in entries)
     tilt = f", keeping the {residual_deg:+.0f}° tilt" if residual_deg else ""
-    text = (f"**IoU with the 0° result**, photo turned 90° / 180° / 270°: SAM alone {ious('sam')}; "
-            f"SAM + canonicalizer {ious('canonicalized')}. Top row: SAM alone; bottom row: SAM + canonicalizer; "
-            f"best mask only, every result turned back upright{tilt}. The canonicalizer's guesses, photo turned "
-            f"0° / 90° / 180° / 270°: {guesses}.")
-    unsure = [f"{90 * e.k}°" for e in entries if is_unsure(e.result.canonicalization)]
-    if unsure:
-        text += f"\n\n⚠ The canonicalizer is unsure at {', '.join(unsure)}: its guess may be wrong there."
-    return text
+    return (f"**IoU with the 0° result**, photo turned {_angles(entries[1:])}: SAM alone {_sweep_ious(entries, 'sam')}; "
+            f"SAM + canonicalizer {_sweep_ious(entries, 'canonicalized')}. Top row: SAM alone; bottom row: SAM + "
+            f"canonicalizer; best mask only, every result turned back upright{tilt}. The canonicalizer's guesses, "
+            f"photo turned {_angles(entries)}: {guesses}.") + _unsure_note(entries)
+
+
+def _tilt_sweep_summary(entries, tilt_stage: bool) -> str:
+    def undone(decision) -> str:  # the whole turn undone, in [-180, 180)
+        return f"{(decision.rotation_deg + 180) % 360 - 180:+.1f}°"
+
+    found = " · ".join(undone(e.result.canonicalization) for e in entries)
+    stage = ("" if tilt_stage else " This canonicalizer undoes quarter turns only (the app's `--tilt` puts the tilt "
+             "stage in front), so neither row can follow a tilt.")
+    return (f"**IoU with the 0° result**, photo tilted {_angles(entries[1:])}: SAM alone "
+            f"{_sweep_ious(entries, 'sam')}; SAM + canonicalizer {_sweep_ious(entries, 'canonicalized')}. Top row: "
+            f"SAM alone; bottom row: SAM + canonicalizer; best mask only, every result turned back upright. The turn "
+            f"the canonicalizer undid, photo tilted {_angles(entries)}: {found}.{stage}") + _unsure_note(entries)
 
 
 def _example_thumbnails() -> list[tuple[np.ndarray, str]]:
@@ -871,9 +902,12 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
                 details = gr.Markdown(elem_id="details")
                 downloads = gr.File(label="Masks of both panels: PNG (labels in the panel colours) and COCO RLE JSON",
                                     file_count="multiple", interactive=False)
-        with gr.Accordion("Sweep: the same prompts at 0°, 90°, 180° and 270°", open=True):
-            with gr.Row():
-                sweep_button = gr.Button("Run sweep", size="sm", scale=0, min_width=140)
+        with gr.Accordion("Sweep: the same prompts at " + " or at ".join(
+                f"{kind} ({', '.join(f'{a}°' for a in angles)})" for kind, angles in SWEEPS.items()), open=True):
+            with gr.Row(elem_id="sweep-controls"):
+                with gr.Column(scale=0, min_width=150, elem_id="sweep-buttons"):
+                    sweep_buttons = {kind: gr.Button(f"Sweep {kind}", size="sm",
+                                                     elem_id=f"sweep-{kind.replace(' ', '-')}") for kind in SWEEPS}
                 sweep_summary = gr.Markdown(SWEEP_INTRO, elem_id="sweep-summary")
             sweep_gallery = gr.Gallery(label="Best mask at each rotation, turned back upright", columns=4, height="auto",
                                        object_fit="contain", format="png", visible=False, elem_id="sweep")
@@ -902,8 +936,9 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
         then_sam(everything.click(handlers.everything, [session, shown], page, **light))
         gr.on([show.change, opacity.release], handlers.redraw, [session, shown, show, opacity], page, **light)
         gr.on([sam.input, multimask.input], handlers.options, [session, shown, *options], page, **heavy)
-        sweep_button.click(handlers.sweep, [session, shown, sam, multimask], [sweep_gallery, sweep_summary, shown],
-                           **(heavy | {"show_progress": "full"}))
+        for kind, button in sweep_buttons.items():
+            button.click(handlers.sweep(kind), [session, shown, sam, multimask], [sweep_gallery, sweep_summary, shown],
+                         **(heavy | {"show_progress": "full"}))
         demo.load(handlers.welcome, None, [sam, status], api_visibility="private", queue=False)
 
         # The named API for gradio_client (see README), on components that are never shown.

@@ -187,10 +187,7 @@ class Canonicalization:
         four turned corners (float64)."""
         if self.tilt_deg == 0:
             return geometry.rotate_boxes(boxes, -self.k, size)
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2)
-        turned = self.points_to_canonical(corners, size).reshape(-1, 4, 2)
-        return np.concatenate([turned.min(axis=1), turned.max(axis=1)], axis=1)
+        return geometry.boxes_around(boxes, lambda points: self.points_to_canonical(points, size))
 
     def masks_to_input(self, masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """``N x H' x W'`` masks of the canonical image back in the frame of the input of ``size = (H, W)``: exact

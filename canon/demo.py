@@ -33,6 +33,9 @@ from .segmenter import DualResult, Embedding, EquivariantSegmenter, PathResult, 
 
 log = logging.getLogger(__name__)
 
+# What a sweep repeats the prompts at: the photo's quarter turns (its own residual tilt kept; exact) or tilts of the
+# upright photo (what only a tilt stage can follow).
+SWEEPS = {"quarter turns": geometry.ANGLES_DEG, "tilts": (0, 15, 30, 45)}
 MAX_SIDE = 1600  # longer photos are shrunk for the page; SAM and the canonicalizer work at 1024 px anyway
 CLICK_KINDS = ("object", "background", "corner")  # a point on the object, a point off it, a corner of the box
 
@@ -239,15 +242,20 @@ class Session:
         return geometry.rotate_image_free(self.photo, self.angle)
 
     def reference(self) -> np.ndarray:
-        """The photo with the residual tilt only: the upright frame of a sweep."""
+        """The photo with the residual tilt only: the upright frame of the quarter-turn sweep."""
         return geometry.rotate_image_free(self.photo, self.residual_deg)
+
+    def sweep_frame(self, kind: str) -> tuple[np.ndarray, str]:
+        """The image a sweep of ``kind`` (one of :data:`SWEEPS`) turns, and the name of its frame for
+        :meth:`prompts`: the reference for quarter turns, the upright photo for tilts."""
+        return (self.reference(), "reference") if kind == "quarter turns" else (self.photo, "photo")
 
     @property
     def residual_deg(self) -> float:
         return geometry.split_degrees(self.angle)[1]
 
     def prompts(self, frame: str = "view") -> Prompts:
-        """The clicks as SAM prompts in the ``"view"`` or ``"reference"`` frame."""
+        """The clicks as SAM prompts in the ``"view"``, ``"reference"`` or ``"photo"`` (upright) frame."""
         to_frame = self._mapper(frame)
         points = self._points()
         corners = self._corners()
@@ -264,7 +272,7 @@ class Session:
         return self._mapper(frame)([(corners[-1].x, corners[-1].y)])[0] if len(corners) % 2 else None
 
     def _mapper(self, frame: str):
-        angle = {"view": self.angle, "reference": self.residual_deg}[frame]
+        angle = {"view": self.angle, "reference": self.residual_deg, "photo": 0.0}[frame]
         size = self.photo.shape[:2]
         return lambda xy: geometry.rotate_points_free(np.reshape(xy, (-1, 2)), angle, size)
 
@@ -333,14 +341,17 @@ def run(models: Models, session: Session, sam_choice: str, multimask: bool = Tru
 
 
 def embeddings_to_prepare(models: Models, session: Session, sam_choice: str,
-                          for_sweep: bool = False) -> list[tuple[str, np.ndarray]]:
+                          sweep_kind: str | None = None) -> list[tuple[str, np.ndarray]]:
     """The images whose SAM embeddings are not cached yet, in the order to compute them: those of the session's
     view (see :meth:`EquivariantSegmenter.images_needed`), what a click on it would otherwise wait for, or with
-    ``for_sweep`` those of its reference turned by each quarter turn. Loads SAM (:class:`ModelUnavailableError`
-    when it cannot be had)."""
+    ``sweep_kind`` (one of :data:`SWEEPS`) those of every image that sweep shows SAM. Loads SAM
+    (:class:`ModelUnavailableError` when it cannot be had)."""
     segmenter = models.segmenter(sam_choice)
-    views = ([geometry.rotate_image(session.reference(), k) for k in range(geometry.GROUP_ORDER)] if for_sweep
-             else [session.view()])
+    if sweep_kind is None:
+        views = [session.view()]
+    else:
+        image, _ = session.sweep_frame(sweep_kind)
+        views = [geometry.rotate_image_free(image, degrees) for degrees in SWEEPS[sweep_kind]]
     needed = {}
     for view in views:
         for name, image in segmenter.images_needed(view):
@@ -362,12 +373,14 @@ def check_sweep(session: Session) -> None:
         raise ValueError("add a point or a box first: a sweep repeats your prompts at every rotation")
 
 
-def sweep(models: Models, session: Session, sam_choice: str, multimask: bool = True) -> list[SweepEntry]:
-    """The session's prompts on its reference image turned by 0, 90, 180 and 270 degrees, both paths, results in
-    the reference frame (see :meth:`EquivariantSegmenter.sweep`). Raises ``ValueError`` without prompts and
-    :class:`ModelUnavailableError` without SAM."""
+def sweep(models: Models, session: Session, sam_choice: str, multimask: bool = True,
+          kind: str = "quarter turns") -> list[SweepEntry]:
+    """The session's prompts on the image of its sweep ``kind`` (:meth:`Session.sweep_frame`) turned by each angle
+    of :data:`SWEEPS`, both paths, results in that image's frame (see :meth:`EquivariantSegmenter.sweep`). Raises
+    ``ValueError`` without prompts and :class:`ModelUnavailableError` without SAM."""
     check_sweep(session)
-    return models.segmenter(sam_choice).sweep(session.reference(), session.prompts("reference"), multimask)
+    image, frame = session.sweep_frame(kind)
+    return models.segmenter(sam_choice).sweep(image, session.prompts(frame), multimask, SWEEPS[kind])
 
 
 # ------------------------------------------------------------------------------------------- drawing, downloads

@@ -172,12 +172,24 @@ def unrotate_points_free(points: np.ndarray, degrees: float, size: tuple[int, in
     return unrotate_points(untilted, k, size)
 
 
+def boxes_around(boxes: np.ndarray, point_map) -> np.ndarray:
+    """The boxes (x0, y0, x1, y1) around the images of the four corners of ``N x 4`` ``boxes`` under ``point_map``
+    (``M x 2`` points -> ``M x 2`` points): a box's frame after a tilt, where it is no longer axis-aligned. Returns
+    float64 ``N x 4``; for a quarter turn, :func:`rotate_boxes` exactly."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    turned = point_map(boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2)).reshape(-1, 4, 2)
+    return np.concatenate([turned.min(axis=1), turned.max(axis=1)], axis=1)
+
+
 def unrotate_masks_free(masks: np.ndarray, degrees: float, size: tuple[int, int]) -> np.ndarray:
     """Masks of ``rotate_image_free(image, degrees)`` (``N x H' x W'``) brought back to the frame of ``image``
     (``size = (H, W)``): each pixel takes the mask pixel under its centre's image by :func:`rotate_points_free`
     (nearest neighbour; False where that falls outside). Returns bool ``N x H x W``; for quarter turns this is
     :func:`unrotate_masks` exactly (pixel centres map onto pixel centres)."""
     masks = np.asarray(masks)
+    k, residual = split_degrees(degrees)
+    if residual == 0:  # the same pixels, without mapping each one
+        return unrotate_masks(masks, k).astype(bool)
     height, width = size
     columns, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
     where = rotate_points_free(np.stack([columns.ravel(), rows.ravel()], axis=1), degrees, size)

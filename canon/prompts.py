@@ -73,6 +73,15 @@ class Prompts:
         box = None if self.box is None else geometry.rotate_boxes(self.box, k, size)[0]
         return replace(self, points=geometry.rotate_points(self.points, k, size), box=box)
 
+    def turned(self, degrees: float, size: tuple[int, int]) -> "Prompts":
+        """The same prompts in the frame of ``geometry.rotate_image_free(image, degrees)`` of an image of
+        ``size = (H, W)``: points exactly, the box as the box around its turned corners (:func:`geometry.boxes_around`;
+        a tilted box is no longer axis-aligned, so a tilt widens it). For quarter turns, :meth:`rotated` exactly."""
+        def point_map(points):
+            return geometry.rotate_points_free(points, degrees, size)
+        box = None if self.box is None else geometry.boxes_around(self.box, point_map)[0]
+        return replace(self, points=point_map(self.points), box=box)
+
     def scaled(self, sx: float, sy: float) -> "Prompts":
         """The same prompts on the image resized by ``sx`` across and ``sy`` down (continuous coordinates scale
         as they are: the image's edges map to the resized image's edges)."""

@@ -140,10 +140,10 @@ class DualResult:
 
 @dataclass
 class SweepEntry:
-    """One rotation of a sweep: the input turned by ``k`` quarter turns, both results mapped back to the upright
-    frame, and each path's best-mask IoU against its own result on the upright input."""
+    """One rotation of a sweep: the input turned by ``degrees`` (counter-clockwise), both results mapped back to the
+    upright frame, and each path's best-mask IoU against its own result on the upright input."""
 
-    k: int
+    degrees: float
     result: DualResult
     sam_iou: float
     canonicalized_iou: float
@@ -432,19 +432,23 @@ class EquivariantSegmenter:
         return DualResult(plain, replace(canonical, masks=decision.masks_to_input(canonical.masks, image.shape[:2])),
                           decision)
 
-    def sweep(self, image: np.ndarray, prompts: Prompts, multimask: bool = True) -> list[SweepEntry]:
-        """The same prompts on ``image`` (``H x W x 3`` uint8, the upright reference) turned by 0, 90, 180 and 270
-        degrees, both paths, masks mapped back to the frame of ``image``. The canonicalized IoUs are 1.0 exactly."""
+    def sweep(self, image: np.ndarray, prompts: Prompts, multimask: bool = True,
+              degrees: tuple[float, ...] = geometry.ANGLES_DEG) -> list[SweepEntry]:
+        """The same prompts on ``image`` (``H x W x 3`` uint8, the upright reference) turned by each of ``degrees``
+        (the first is the reference's own result), both paths, masks mapped back to the frame of ``image``
+        (:func:`geometry.unrotate_masks_free`: exact for quarter turns, nearest neighbour for tilts). For quarter
+        turns the canonicalized IoUs are 1.0 exactly; for tilts, with a tilt stage, as close as the tilts found."""
         prompts.validate(image.shape[:2])
+        size = image.shape[:2]
         entries = []
-        for k in range(geometry.GROUP_ORDER):
-            turned = self.segment(geometry.rotate_image(image, k), prompts.rotated(k, image.shape[:2]), multimask)
-            upright = DualResult(_turned(turned.sam, -k), _turned(turned.canonicalized, -k), turned.canonicalization)
+        for turn in degrees:
+            turned = self.segment(geometry.rotate_image_free(image, turn), prompts.turned(turn, size), multimask)
+            upright = DualResult(_turned_back(turned.sam, turn, size), _turned_back(turned.canonicalized, turn, size),
+                                 turned.canonicalization)
             reference = entries[0].result if entries else upright
-            entries.append(SweepEntry(k, upright, _best_iou(upright.sam, reference.sam),
+            entries.append(SweepEntry(float(turn), upright, _best_iou(upright.sam, reference.sam),
                                       _best_iou(upright.canonicalized, reference.canonicalized)))
         return entries
-
 
 
 def _prompts_for(prompts: Prompts, decision: Canonicalization | None, size: tuple[int, int]) -> Prompts:
@@ -456,8 +460,9 @@ def _prompts_for(prompts: Prompts, decision: Canonicalization | None, size: tupl
     return replace(prompts, points=decision.points_to_canonical(prompts.points, size), box=box)
 
 
-def _turned(result: PathResult, k: int) -> PathResult:
-    return replace(result, masks=geometry.rotate_masks(result.masks, k))
+def _turned_back(result: PathResult, degrees: float, size: tuple[int, int]) -> PathResult:
+    """``result`` on an image of ``size`` turned by ``degrees``, its masks brought back to the image's frame."""
+    return replace(result, masks=geometry.unrotate_masks_free(result.masks, degrees, size))
 
 
 def _best_iou(result: PathResult, reference: PathResult) -> float:

@@ -272,10 +272,10 @@ def test_display_options_redraw_without_sam(screen, monkeypatch):
 
 
 def test_sweep_shows_the_canonicalized_row_identical_and_goes_stale(screen):
-    page = screen.handlers.sweep(screen.session, screen.shown, "standin", True)
+    page = screen.handlers.sweep("quarter turns")(screen.session, screen.shown, "standin", True)
     assert page.sweep_summary.startswith("⚠ add a point") and not page.sweep.visible
     screen.click(320, 240)
-    screen.light(screen.handlers.sweep, screen.session, screen.shown, "standin", True)
+    screen.light(screen.handlers.sweep("quarter turns"), screen.session, screen.shown, "standin", True)
     assert screen.sweep.visible and len(screen.sweep.value) == 8
     assert "SAM + canonicalizer 1.00 / 1.00 / 1.00" in screen.sweep_summary
     screen.turn(180)  # a quarter turn: the sweep still holds
@@ -366,6 +366,38 @@ def test_with_the_tilt_stage_the_verdict_says_the_tilt_found(handlers, paper_can
         assert "You turned the photo 0° plus a +20° tilt" in verdict and says in verdict
 
 
+def _undone(summary: str) -> list[float]:
+    """The turns the canonicalizer undid, as a tilt sweep's summary lists them (signed, one decimal)."""
+    return [float(a) for a in re.findall(r"([+-]\d+\.\d)°", summary.split("the canonicalizer undid")[1])]
+
+
+def test_the_tilt_sweep_follows_the_tilts_with_the_tilt_stage_only(handlers, paper_canonicalizer,
+                                                                   standin_sam_path):
+    tilting = app.Handlers(standin_models(paper_canonicalizer.with_tilt(), standin_sam_path))
+    tilts = app.SWEEPS["tilts"]
+    for each in (tilting, handlers):
+        screen = Screen(each).light(each.example, None, gr.SelectData(None, {"index": 2, "value": None}))  # tower
+        height, width = screen.session.photo.shape[:2]
+        screen.then_sam().click(width // 2, height // 2)
+        screen.light(each.sweep("tilts"), screen.session, screen.shown, "standin", True)
+        assert screen.sweep.visible and len(screen.sweep.value) == 2 * len(tilts)
+        captions = [item["caption"] for item in screen.sweep.value]
+        assert [c.split(" · ")[0] for c in captions] == [f"{n} {a}°" for n in ("SAM", "SAM+canon.") for a in tilts]
+        undone = _undone(screen.sweep_summary)
+        decisions = [each.models.canonicalizer.canonicalize(geometry.rotate_image_free(screen.session.photo, a))
+                     for a in tilts]
+        assert undone == pytest.approx([(d.rotation_deg + 180) % 360 - 180 for d in decisions], abs=0.05)
+        if each is tilting:  # the tower's edges give tilts away
+            assert any(found % 90 for found in undone) and "quarter turns only" not in screen.sweep_summary
+        else:  # quarter turns only: each tilt reaches SAM, whichever quarter turn is undone
+            assert all(found % 90 == 0 for found in undone) and "quarter turns only" in screen.sweep_summary
+    screen.turn(30)  # the tilt sweep turns the upright photo: a turn leaves it current, a click does not
+    assert screen.sweep_summary != app.SWEEP_OUTDATED
+    view_height, view_width = screen.session.view().shape[:2]
+    screen.click(view_width // 2 + 9, view_height // 2 + 9)
+    assert screen.sweep_summary == app.SWEEP_OUTDATED
+
+
 def test_examples_load_turned(handlers):
     screen = Screen(handlers)
     index = next(i for i, example in enumerate(app.EXAMPLES) if example[1] == 90)
@@ -429,7 +461,7 @@ def test_events_without_a_photo_say_what_to_do(handlers):
     assert handlers.click(None, None, OBJECT, select(1, 1)).status == "⚠ Upload a photo first."
     assert handlers.undo(None, None).status == "⚠ Upload a photo first."
     assert handlers.everything(None, None).status == "⚠ Upload a photo first."
-    assert handlers.sweep(None, None, "standin", True).sweep_summary == "⚠ Upload a photo first."
+    assert handlers.sweep("tilts")(None, None, "standin", True).sweep_summary == "⚠ Upload a photo first."
     assert handlers.photo(None, None).status == app.HOW_TO
     assert list(handlers.options(None, None, "standin", True, SHOW[0], 0.35)) == [app.Page()]
     assert handlers.redraw(None, None, SHOW[0], 0.35) == app.Page()

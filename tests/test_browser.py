@@ -193,10 +193,16 @@ def test_segment_everything_keeps_the_clicks(desktop):
 
 
 def test_the_sweep_goes_stale_when_the_prompts_change_and_a_new_photo_clears_it(desktop):
-    desktop.get_by_role("button", name="Run sweep").click()
+    desktop.locator("#sweep-quarter-turns").click()
     expect(desktop.locator("#sweep-summary")).to_contain_text("SAM + canonicalizer 1.00 / 1.00 / 1.00")
     expect(desktop.locator("#sweep img")).to_have_count(8)
     shot(desktop, "desktop-sweep")
+    desktop.locator("#sweep-tilts").click()  # beside it, the same prompts on the photo tilted
+    expect(desktop.locator("#sweep-summary")).to_contain_text("photo tilted 15° / 30° / 45°")
+    expect(desktop.locator("#sweep img")).to_have_count(8)
+    expect(desktop.locator("#sweep")).to_contain_text("SAM+canon. 45°")
+    desktop.locator("#sweep").scroll_into_view_if_needed()
+    shot(desktop, "desktop-tilt-sweep")
     click_view(desktop, 0.3, 0.3)
     expect(desktop.locator("#sweep-summary")).to_contain_text("Outdated")
     calls = len(PHOTO_CALLS)
@@ -231,7 +237,10 @@ def test_on_a_phone_a_turn_brings_the_photo_into_view_and_the_results_sit_side_b
 
 
 def test_on_a_phone_the_sweep_shows_every_column_and_the_table_keeps_its_words(phone):
-    phone.get_by_role("button", name="Run sweep").click()
+    for button in phone.locator("#sweep-quarter-turns, #sweep-tilts").all():  # both whole on the screen
+        box = button.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    phone.locator("#sweep-quarter-turns").click()
     expect(phone.locator("#sweep img")).to_have_count(8)
     boxes = [img.bounding_box() for img in phone.locator("#sweep img").all()]
     assert len({round(b["y"]) for b in boxes}) == 2  # two rows of four

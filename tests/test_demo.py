@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from canon import demo
+from canon import demo, geometry
 from canon.demo import (MAX_SIDE, SHOW, Click, Display, Models, Session, draw_panels, embeddings_to_prepare,
                         prepare_photo, sam_sources)
 from canon.prompts import MAX_POINTS
 from canon.registry import ModelUnavailableError, sam_names
 from canon.render import DIFFERENCE_COLOUR
+from canon.runtime import image_digest
 from canon.segmenter import DualResult, PathResult, SamBackend
 from conftest import REPO
 
@@ -136,8 +137,14 @@ def test_embeddings_to_prepare_are_those_not_cached(paper_canonicalizer, standin
     assert [name for name, _ in embeddings_to_prepare(models, session, "standin")] == ["turned"]
     # A sweep needs the four quarter turns of the photo: their one canonical image (stored) and three turned ones;
     # the one turn that the canonicalizer leaves as it is is the canonical image itself.
-    for_sweep = embeddings_to_prepare(models, session, "standin", for_sweep=True)
+    for_sweep = embeddings_to_prepare(models, session, "standin", "quarter turns")
     assert len(for_sweep) == 3 and all(name == "turned" for name, _ in for_sweep)
+    # The tilt sweep shows SAM the upright photo (stored: the canonical image), three tilts of it, and what the
+    # canonicalizer makes of each tilt where that is another image.
+    for_tilts = [image_digest(image) for _, image in embeddings_to_prepare(models, session, "standin", "tilts")]
+    tilted = [geometry.rotate_image_free(session.photo, a) for a in demo.SWEEPS["tilts"][1:]]
+    canonical = [models.canonicalizer.canonicalize(image).canonical_image for image in tilted]
+    assert len(for_tilts) == len(set(for_tilts)) and set(for_tilts) == {image_digest(i) for i in tilted + canonical}
 
 
 def _dual() -> DualResult:

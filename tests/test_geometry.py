@@ -144,6 +144,24 @@ def test_free_rotation_of_points_by_quarter_turns_is_the_exact_one(data, size, k
     assert np.array_equal(geometry.rotate_points_free(pts, 90 * k, size), geometry.rotate_points(pts, k, size))
 
 
+@given(st.data(), sizes, ks)
+def test_the_box_around_quarter_turned_corners_is_the_turned_box(data, size, k):
+    height, width = size
+    (x0, x1), (y0, y1) = (sorted(data.draw(st.lists(st.floats(0, side, allow_nan=False), min_size=2, max_size=2)))
+                          for side in (width, height))
+    boxes = np.array([[x0, y0, x1, y1]])
+    around = geometry.boxes_around(boxes, lambda p: geometry.rotate_points(p, k, size))
+    assert np.array_equal(around, geometry.rotate_boxes(boxes, k, size))
+
+
+def test_the_box_around_tilted_corners_holds_the_tilted_box():
+    box, size = np.array([[10.0, 20.0, 110.0, 70.0]]), (100, 200)
+    corners = np.array([[10.0, 20.0], [110.0, 20.0], [110.0, 70.0], [10.0, 70.0]])
+    turned = geometry.rotate_points_free(corners, 30, size)
+    (x0, y0, x1, y1), = geometry.boxes_around(box, lambda p: geometry.rotate_points_free(p, 30, size))
+    assert [x0, y0, x1, y1] == [*turned.min(axis=0), *turned.max(axis=0)] and x1 - x0 > 100 and y1 - y0 > 50
+
+
 @given(st.data(), sizes, st.floats(-720, 720, allow_nan=False))
 def test_free_rotation_of_points_round_trips(data, size, degrees):
     pts = data.draw(points(size))

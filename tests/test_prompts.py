@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from canon import geometry
 from canon.prompts import (MAX_COORDINATE, MAX_POINTS, MAX_PROMPT_CHARS, PromptError, Prompts, parse_box,
                            parse_point, parse_prompts)
 
@@ -85,3 +86,21 @@ def test_fuzz_parsing_gives_values_or_one_sentence(points, box):
             numbers = np.concatenate([values.points.ravel(), [] if values.box is None else values.box]) \
                 if isinstance(values, Prompts) else np.asarray(values, dtype=float)
             assert np.all(np.isfinite(numbers)) and np.all(np.abs(numbers) <= MAX_COORDINATE)
+
+
+@pytest.mark.parametrize("k", range(4))
+def test_prompts_turned_by_quarter_turns_are_the_rotated_ones(k):
+    prompts = Prompts.make([[10.5, 20.0], [3.0, 7.25]], [1, 0], [2.0, 4.0, 30.0, 25.5])
+    turned, rotated = prompts.turned(90 * k, (40, 60)), prompts.rotated(k, (40, 60))
+    assert np.array_equal(turned.points, rotated.points) and np.array_equal(turned.box, rotated.box)
+    assert np.array_equal(turned.labels, prompts.labels)
+
+
+def test_prompts_turned_by_a_tilt_keep_their_points_on_the_photo():
+    """A point goes where the photo's pixel goes; the box grows to hold its tilted corners."""
+    prompts = Prompts.make([[30.0, 20.0]], [1], [10.0, 10.0, 50.0, 30.0])
+    turned = prompts.turned(20, (40, 60))
+    np.testing.assert_allclose(geometry.unrotate_points_free(turned.points, 20, (40, 60)), prompts.points)
+    x0, y0, x1, y1 = turned.box
+    assert x1 - x0 > 40 and y1 - y0 > 20
+    assert x0 <= turned.points[0, 0] <= x1 and y0 <= turned.points[0, 1] <= y1

@@ -217,3 +217,23 @@ def test_the_tilt_stage_keeps_both_paths_exact_for_quarter_turns(paper_canonical
     assert [name for name, _ in segmenter.images_needed(tilted)] == ["canonical", "turned"]
     assert entries[0].result.canonicalized.masks.shape[1:] == (height, width)
     assert all(entry.canonicalized_iou == 1.0 for entry in entries)
+
+
+def test_a_sweep_over_tilts_brings_every_mask_back_to_the_upright_photo(paper_canonicalizer, standin_backend):
+    """The prompts follow the photo to each tilt, and each path's masks come back onto the upright photo's pixels
+    (SAM alone's: its answer on the tilted photo, brought back by nearest neighbour)."""
+    from conftest import REPO
+
+    photo = load_image(REPO / "examples" / "france_eiffelTower.jpg")
+    height, width = photo.shape[:2]
+    prompts = Prompts.make([[width / 2, height / 2]])
+    segmenter = EquivariantSegmenter(paper_canonicalizer.with_tilt(), standin_backend)
+    entries = segmenter.sweep(photo, prompts, degrees=(0, 15, 30, 45))
+    assert [entry.degrees for entry in entries] == [0, 15, 30, 45]
+    assert entries[0].sam_iou == entries[0].canonicalized_iou == 1.0
+    for entry in entries:
+        assert entry.result.sam.masks.shape[1:] == entry.result.canonicalized.masks.shape[1:] == (height, width)
+        turned = geometry.rotate_image_free(photo, entry.degrees)
+        direct = segmenter.sam.predict(turned, prompts.turned(entry.degrees, (height, width)))
+        back = geometry.unrotate_masks_free(direct.masks, entry.degrees, (height, width))
+        assert np.array_equal(back, entry.result.sam.masks)
