@@ -453,13 +453,10 @@ def evaluate_consistency(args) -> None:
     target = json_target(args.json)
     files = photo_files(args.images)
     segmenter, sam = load_segmenter(args), args.sam or default_sam()
-    if args.angle_step is None:
-        summary = evaluate.mask_consistency(segmenter, files, sam)
-    else:
-        try:
-            summary = evaluate.mask_consistency_by_angle(segmenter, files, sam, args.angle_step)
-        except ValueError as error:
-            raise CliError(str(error)) from None
+    try:
+        summary = evaluate.mask_consistency(segmenter, files, sam, args.angle_step or 90.0)
+    except ValueError as error:
+        raise CliError(str(error)) from None
     write_summary(target, summary, evaluate.consistency_table(summary))
 
 

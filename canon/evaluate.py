@@ -141,52 +141,28 @@ def centre_prompts(size: tuple[int, int]) -> Prompts:
     return Prompts.make([[width / 2, height / 2]], [1])
 
 
-def mask_consistency(segmenter, files: Iterable[Path], sam_model: str, progress: bool = True) -> dict:
-    """Without labels: for every photo, the centre click at 90/180/270 degrees, masks mapped back upright, and each
-    path's best-mask IoU against its own result on the upright photo (1.0 = the rotation changed nothing)."""
-    files = list(files)
-    ious = {"sam": [], "canonicalized": []}
-    for path in tqdm(files, desc="consistency", unit="photo", disable=not progress):
-        image = load_image(path)
-        entries = segmenter.sweep(image, centre_prompts(image.shape[:2]))
-        ious["sam"].append([e.sam_iou for e in entries[1:]])
-        ious["canonicalized"].append([e.canonicalized_iou for e in entries[1:]])
-    summary = {"sam_model": sam_model, "n_images": len(files)}
-    for name, values in ious.items():
-        values = np.array(values).reshape(-1, geometry.GROUP_ORDER - 1)
-        summary[name] = {"mean_iou": float(values.mean()),
-                         "per_rotation": {str(a): float(v) for a, v in zip(geometry.ANGLES_DEG[1:], values.mean(0))}}
-    return summary
-
-
-def mask_consistency_by_angle(segmenter, files: Iterable[Path], sam_model: str, angle_step: float,
-                              progress: bool = True) -> dict:
-    """:func:`mask_consistency` at every multiple of ``angle_step`` degrees below 360 but 0: the photo turned
-    (:func:`geometry.rotate_image_free`), the centre click turned with it, the best masks brought back
-    (:func:`geometry.unrotate_masks_free`, nearest neighbour) and compared with the upright photo's. With a tilt
-    stage in the segmenter's canonicalizer the canonicalized path can follow tilts too; the interpolation of a tilt
-    keeps it below 1.0 there. Same summary as :func:`mask_consistency`, with ``angle_step_deg``."""
+def mask_consistency(segmenter, files: Iterable[Path], sam_model: str, angle_step: float = 90.0,
+                     progress: bool = True) -> dict:
+    """Without labels: for every photo, the centre click with the photo turned by each multiple of ``angle_step``
+    degrees below 360 but 0 (:meth:`EquivariantSegmenter.sweep`: the click turned with the photo, the masks brought
+    back upright), and each path's best-mask IoU against its own result on the upright photo (1.0 = the turn changed
+    nothing). At quarter turns the canonicalized path is exact; with a tilt stage in the segmenter's canonicalizer
+    it can follow tilts too, below 1.0 by the interpolation of a tilt."""
     if not 0 < angle_step < 360:
         raise ValueError(f"the angle step takes 0 to 360 degrees (both excluded), not {angle_step}")
     files = list(files)
-    angles = _angles_below_360(angle_step)[1:]
+    angles = _angles_below_360(angle_step)
     ious = {"sam": [], "canonicalized": []}
     for path in tqdm(files, desc="consistency", unit="photo", disable=not progress):
         image = load_image(path)
-        prompts = centre_prompts(image.shape[:2])
-        upright = segmenter.segment(image, prompts)
-        for angle in angles:
-            turned = geometry.rotate_image_free(image, angle)
-            moved = Prompts.make(geometry.rotate_points_free(prompts.points, angle, image.shape[:2]), prompts.labels)
-            result = segmenter.segment(turned, moved)
-            for name in ious:
-                back = geometry.unrotate_masks_free(getattr(result, name).masks[:1], angle, image.shape[:2])
-                ious[name].append(mask_iou(back[0], getattr(upright, name).masks[0]))
+        entries = segmenter.sweep(image, centre_prompts(image.shape[:2]), degrees=angles)
+        ious["sam"].append([e.sam_iou for e in entries[1:]])
+        ious["canonicalized"].append([e.canonicalized_iou for e in entries[1:]])
     summary = {"sam_model": sam_model, "n_images": len(files), "angle_step_deg": angle_step}
     for name, values in ious.items():
-        values = np.array(values).reshape(len(files), len(angles))
+        values = np.array(values).reshape(len(files), len(angles) - 1)
         summary[name] = {"mean_iou": float(values.mean()),
-                         "per_rotation": {f"{a:g}": float(v) for a, v in zip(angles, values.mean(0))}}
+                         "per_rotation": {f"{a:g}": float(v) for a, v in zip(angles[1:], values.mean(0))}}
     return summary
 
 

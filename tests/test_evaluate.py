@@ -52,17 +52,17 @@ def test_orientation_by_angle_measures_both_stages(paper_canonicalizer, upright_
     assert "| all (3 photos x 8) |" in orientation_by_angle_table(summary)
 
 
-def test_mask_consistency_by_angle_is_exact_at_quarter_turns(paper_canonicalizer, standin_backend, upright_files):
-    from canon.evaluate import consistency_table, mask_consistency_by_angle
+def test_mask_consistency_at_any_step_is_exact_at_quarter_turns(paper_canonicalizer, standin_backend, upright_files):
+    from canon.evaluate import consistency_table, mask_consistency
     from canon.segmenter import EquivariantSegmenter
 
     files = upright_files[:1]
-    quarter = mask_consistency_by_angle(EquivariantSegmenter(paper_canonicalizer, standin_backend), files, "standin",
-                                        90, progress=False)
+    quarter = mask_consistency(EquivariantSegmenter(paper_canonicalizer, standin_backend), files, "standin", 90,
+                               progress=False)
     assert set(quarter["canonicalized"]["per_rotation"]) == {"90", "180", "270"}
     assert quarter["canonicalized"]["mean_iou"] == 1.0 and quarter["sam"]["mean_iou"] < 1.0
-    tilted = mask_consistency_by_angle(EquivariantSegmenter(paper_canonicalizer.with_tilt(), standin_backend), files,
-                                       "standin", 45, progress=False)
+    tilted = mask_consistency(EquivariantSegmenter(paper_canonicalizer.with_tilt(), standin_backend), files,
+                              "standin", 45, progress=False)
     assert set(tilted["sam"]["per_rotation"]) == {f"{45 * i}" for i in range(1, 8)} and tilted["angle_step_deg"] == 45
     assert all(0.0 <= v <= 1.0 for path in ("sam", "canonicalized") for v in tilted[path]["per_rotation"].values())
     assert "| SAM + canonicalizer |" in consistency_table(tilted)
