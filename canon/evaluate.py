@@ -17,7 +17,7 @@ from .data import fold_of
 from .images import load_image
 from .prompts import Prompts
 from .render import mask_iou
-from .tilt import WITHIN_DEG, TiltEstimator, angular_error_deg
+from .tilt import PERIOD_DEG, WITHIN_DEG, TiltEstimator, angular_error_deg
 
 def orientation_accuracy(canonicalizer: Canonicalizer, files: Iterable[Path], model_name: str,
                          progress: bool = True) -> dict:
@@ -133,6 +133,59 @@ def orientation_by_angle_table(summary: dict) -> str:
         f"{100 * full['quarter_turn_angles_within_5deg']:.1f} % (stage alone "
         f"{100 * quarter['quarter_turn_angles_within_5deg']:.1f} %); median time per photo: tilt stage "
         f"{summary['tilt_ms']:.1f} ms, network {summary['network_ms']:.0f} ms")
+
+
+def tilt_estimates(files: Iterable[Path], angle_step: float, gates: Iterable[float],
+                   estimator: TiltEstimator = TiltEstimator(), folds: int = 5, progress: bool = True) -> dict:
+    """The tilt stage alone, without the network, at each confidence ``gate``: every photo (assumed upright) tilted
+    by each residual that the multiples of ``angle_step`` degrees leave beyond quarter turns (the stage sees a photo
+    and its quarter turns alike), and the share of estimates within 5 degrees of the tilt applied (modulo 90).
+    ``upright_kept``: at residual 0, the share of photos left within 5 degrees of upright, which the stage must not
+    lose; ``tilts_found``: the same share at the other residuals. Per gate: ``within_5deg`` over every residual,
+    ``per_residual`` and ``folds`` (the validation side of each fold of :func:`canon.data.split_files`). The
+    histogram does not depend on the gate, so it is computed once per photo and residual."""
+    if not 0 < angle_step <= 360:
+        raise ValueError(f"the angle step takes 0 to 360 degrees, not {angle_step}")
+    files, gates = list(files), sorted(set(gates))
+    residuals = sorted({geometry.split_degrees(angle)[1] for angle in _angles_below_360(angle_step)})
+    gated = [dataclasses.replace(estimator, gate=gate) for gate in gates]
+    estimates = np.zeros((len(gates), len(files), len(residuals)))
+    for row, path in enumerate(tqdm(files, desc="tilt", unit="photo", disable=not progress)):
+        image = load_image(path)
+        for column, residual in enumerate(residuals):
+            histogram = estimator.histogram(geometry.rotate_image_free(image, residual))
+            for g, each in enumerate(gated):
+                estimates[g, row, column] = each.from_histogram(histogram).degrees
+    errors = np.vectorize(angular_error_deg)(estimates, np.array(residuals), PERIOD_DEG)
+    within = errors <= WITHIN_DEG
+    fold = np.array([fold_of(path, folds) for path in files])
+    upright, tilted = residuals.index(0.0) if 0.0 in residuals else None, [i for i, r in enumerate(residuals) if r]
+    summary = {"n_images": len(files), "angle_step_deg": angle_step, "residuals_deg": residuals,
+               "tilt_estimator": dataclasses.asdict(estimator), "gates": {}}
+    for g, gate in enumerate(gates):
+        summary["gates"][f"{gate:g}"] = {
+            "within_5deg": float(within[g].mean()),
+            "upright_kept": float(within[g][:, upright].mean()) if upright is not None else None,
+            "tilts_found": float(within[g][:, tilted].mean()) if tilted else None,
+            "per_residual": {f"{r:g}": float(within[g][:, i].mean()) for i, r in enumerate(residuals)},
+            "folds": [float(within[g][fold == part].mean()) for part in range(folds) if np.any(fold == part)],
+        }
+    return summary
+
+
+def tilt_estimates_table(summary: dict) -> str:
+    """A Markdown table of :func:`tilt_estimates`'s summary: one row per gate."""
+    def percent(value) -> str:
+        return "-" if value is None else f"{100 * value:.1f} %"
+
+    rows = ["| gate | upright photos kept | tilts found | all | per fold (%) |", "|---:|---:|---:|---:|---|"]
+    for gate, figures in summary["gates"].items():
+        spread = " / ".join(f"{100 * value:.0f}" for value in figures["folds"])
+        rows.append(f"| {gate} | {percent(figures['upright_kept'])} | {percent(figures['tilts_found'])} | "
+                    f"{percent(figures['within_5deg'])} | {spread} |")
+    residuals = ", ".join(f"{r:g}" for r in summary["residuals_deg"])
+    return "\n".join(rows) + (f"\n\nthe tilt stage alone (no network), {summary['n_images']} photos tilted by "
+                              f"{residuals} deg; an estimate within 5 deg of the tilt applied counts")
 
 
 def centre_prompts(size: tuple[int, int]) -> Prompts:

@@ -84,7 +84,10 @@ class TiltEstimator:
 
     def __call__(self, image: np.ndarray) -> Tilt:
         """The tilt of an ``H x W x 3`` uint8 RGB image as given."""
-        histogram = self.histogram(image)
+        return self.from_histogram(self.histogram(image))
+
+    def from_histogram(self, histogram: np.ndarray) -> Tilt:
+        """The tilt :meth:`histogram` gives away: its refined peak, and whether that passes the gate."""
         step = PERIOD_DEG / self.bins
         peak = int(np.argmax(histogram))
         before, top, after = histogram[peak - 1], histogram[peak], histogram[(peak + 1) % self.bins]

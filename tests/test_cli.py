@@ -119,6 +119,19 @@ def test_evaluate_orientation_at_any_angle_writes_both_stages(tmp_path, capsys):
     assert "--plot" in capsys.readouterr().err
 
 
+def test_evaluate_tilt_writes_a_row_per_gate(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "animals_cat.jpg").write_bytes((UPRIGHT / "animals_cat.jpg").read_bytes())
+    target = tmp_path / "t.json"
+    assert main(["evaluate", "tilt", "--images", str(folder), "--gate", "1.2", "--gate", "3", "--json",
+                 str(target)]) == 0
+    summary = json.loads(target.read_text())
+    assert list(summary["gates"]) == ["1.2", "3"] and summary["residuals_deg"] == [-45, -30, -15, 0, 15, 30]
+    assert "| 3 |" in capsys.readouterr().out
+    assert main(["evaluate", "tilt", "--images", str(folder), "--gate", "nan", "--json", str(target)]) == 2
+
+
 def test_evaluate_orientation_on_one_side_of_the_split_at_another_input_size(tmp_path, capsys):
     from canon.data import split_files
 

@@ -1,4 +1,6 @@
+import numpy as np
 import pytest
+from PIL import Image
 
 from canon.evaluate import orientation_accuracy
 
@@ -66,3 +68,24 @@ def test_mask_consistency_at_any_step_is_exact_at_quarter_turns(paper_canonicali
     assert set(tilted["sam"]["per_rotation"]) == {f"{45 * i}" for i in range(1, 8)} and tilted["angle_step_deg"] == 45
     assert all(0.0 <= v <= 1.0 for path in ("sam", "canonicalized") for v in tilted[path]["per_rotation"].values())
     assert "| SAM + canonicalizer |" in consistency_table(tilted)
+
+
+def test_tilt_estimates_trade_tilts_found_against_upright_photos_kept(upright_files, tmp_path):
+    """A chequered facade has its tilt found at every residual with any gate; a flat photo has none, and stays
+    upright; a higher gate never finds more tilts nor keeps fewer upright photos."""
+    from canon.evaluate import tilt_estimates, tilt_estimates_table
+
+    y, x = np.mgrid[0:300, 0:400]
+    facade = np.repeat(((((x // 25) + (y // 40)) % 2) * 150 + 50).astype(np.uint8)[..., None], 3, axis=2)
+    Image.fromarray(facade).save(tmp_path / "facade.png")
+    Image.fromarray(np.full((300, 400, 3), 128, np.uint8)).save(tmp_path / "flat.png")
+    files = [tmp_path / "facade.png", tmp_path / "flat.png"]
+    summary = tilt_estimates(files, 30, [1.0, 1.5], progress=False)
+    assert summary["residuals_deg"] == [-30.0, 0.0, 30.0] and list(summary["gates"]) == ["1", "1.5"]
+    for figures in summary["gates"].values():
+        assert figures["upright_kept"] == 1.0 and figures["tilts_found"] == 0.5  # the facade's two tilts only
+        assert figures["per_residual"] == {"-30": 0.5, "0": 1.0, "30": 0.5}
+    real = tilt_estimates(upright_files[:6], 15, [1.0, 1.1, 2.0], progress=False)["gates"]
+    assert real["1"]["tilts_found"] >= real["1.1"]["tilts_found"] >= real["2"]["tilts_found"]
+    assert real["1"]["upright_kept"] <= real["1.1"]["upright_kept"] <= real["2"]["upright_kept"]
+    assert "| 1.5 | 100.0 % | 50.0 % | 66.7 % |" in tilt_estimates_table(summary)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from canon.canonicalizer import Canonicalizer
-from canon.data import split_files
+from canon.data import fold_of, split_files
 from canon.networks import ServingWRN
 from canon.research.__main__ import build_parser
 from canon.research.distill import Distillation, distillation_loss
@@ -213,3 +213,26 @@ def test_distillation_mixes_the_prior_with_the_teachers_probabilities(paper_cano
     torch.testing.assert_close(objective.loss(prior, logits, [x]), expected)
     with pytest.raises(ValueError, match="distillation weight"):
         Distillation(teacher, weight=1.5)
+
+
+def test_tilt_candidates_are_measured_on_the_same_photos(tmp_path, capsys):
+    """Both candidates on one photo per fold's worth of the shared photos (a coarse candidate grid: quick)."""
+    from canon.research.tilt_candidates import TILTS_DEG, spread_over_folds
+
+    files = sorted(UPRIGHT.glob("*.jpg"))
+    spread = spread_over_folds(files, 2)
+    assert len(spread) == len(set(spread)) == 10 and len({fold_of(path) for path in spread}) == 5
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "animals_cat.jpg").write_bytes((UPRIGHT / "animals_cat.jpg").read_bytes())
+    target = tmp_path / "c.json"
+    assert main(["tilt-candidates", "--images", str(folder), "--per-fold", "1", "--candidate-step", "45",
+                 "--json", str(target)]) == 0
+    summary = json.loads(target.read_text())
+    assert summary["network_candidates_deg"] == [-45.0, 0.0] and summary["n_images"] == 1
+    for name in ("edges", "checked", "network"):
+        assert set(summary[name]["per_tilt"]) == {f"{t:g}" for t in TILTS_DEG}
+        assert summary[name]["within_5deg"] == np.mean(list(summary[name]["per_tilt"].values()))
+    # Candidates 0 and -45 cannot bring a photo tilted 15 or 30 degrees within 5 degrees of upright.
+    assert summary["network"]["per_tilt"]["15"] == summary["network"]["per_tilt"]["30"] == 0.0
+    assert "the network on 2 candidate tilts" in capsys.readouterr().out

@@ -1,18 +1,20 @@
-"""``python -m canon.research {probe,orientation,train} ...``: the experiments' command line, on the library's
-option groups.
+"""``python -m canon.research {probe,orientation,train,tilt-candidates} ...``: the experiments' command line, on the
+library's option groups.
 
 ``probe`` fits an equivariant linear probe on the frozen trunk of a canonicalizer and ``orientation`` evaluates one
 like ``python -m canon evaluate orientation``; ``train`` is ``python -m canon train`` with distillation from a
-teacher (``--teacher``) and learning curves (``--train-fraction``).
+teacher (``--teacher``) and learning curves (``--train-fraction``); ``tilt-candidates`` measures two ways of
+undoing a tilt side by side.
 """
 
 from __future__ import annotations
 
 import sys
 
-from ..cli import (CliError, Parser, add_command, check_fold, evaluate_orientation, input_size, load_canonicalizer,
-                   number, orientation_options, photo_files, run_training, split_options, training_options,
-                   whole_number, writable_folder)
+from ..cli import (CliError, Parser, add_command, canonicalizer_default, check_fold, evaluate_orientation, input_size,
+                   json_option, json_target, load_canonicalizer, model_options, number, orientation_options,
+                   photo_files, run_training, split_options, training_options, whole_number, write_summary,
+                   writable_folder)
 
 
 def build_parser() -> Parser:
@@ -40,6 +42,17 @@ def build_parser() -> Parser:
                             "input size, e.g. wrn-c4-paper at 128 px")
     train.add_argument("--distill-weight", type=number(0, 1), default=0.5,
                        help="weight of the distillation term against the prior (with --teacher; default 0.5)")
+
+    candidates = add_command(commands, "tilt-candidates", "the tilt stage against the network scored on candidate "
+                             "tilts, on the same photos", tilt_candidates_command)
+    candidates.add_argument("--images", required=True, help="folder of upright photos")
+    candidates.add_argument("--per-fold", type=whole_number(1), default=3,
+                            help="photos per fold, spread over the names (default 3; each takes about a minute and a "
+                                 "half on two CPU cores)")
+    candidates.add_argument("--candidate-step", type=number(0, 90, low_open=True), default=5.0, metavar="DEG",
+                            help="the network's candidate tilts, every DEG degrees in [-45, 45) (default 5)")
+    model_options(candidates, sam=False)
+    json_option(candidates)
     return parser
 
 
@@ -81,6 +94,16 @@ def train_command(args) -> None:
         teacher = Canonicalizer.load(args.teacher).with_policy(precision="bfloat16" if args.bf16 else "float32")
         objective = Distillation(teacher, weight=args.distill_weight)
     run_training(args, objective=objective, train_fraction=args.train_fraction)
+
+
+def tilt_candidates_command(args) -> None:
+    from .tilt_candidates import compare, spread_over_folds, table
+
+    target = json_target(args.json)
+    files = spread_over_folds(photo_files(args.images), args.per_fold)
+    summary = compare(load_canonicalizer(args), files, args.canonicalizer or canonicalizer_default(),
+                      args.candidate_step)
+    write_summary(target, summary, table(summary))
 
 
 if __name__ == "__main__":
