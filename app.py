@@ -420,7 +420,8 @@ class Handlers:
                     caption = f"{name} {entry.degrees:g}° · IoU {iou:.2f}" + (" ⚠ unsure" if unsure else "")
                     items.append((marked(overlay(image, best_mask)), caption))
             summary = (_sweep_summary(entries, session.residual_deg) if kind == "quarter turns" else
-                       _tilt_sweep_summary(entries, self.models.canonicalizer.tilt is not None))
+                       _tilt_sweep_summary(entries, self.models.canonicalizer.tilt is not None,
+                                           session.prompts(frame).box is not None))
             return SweepPage(gr.Gallery(items, visible=True), summary,
                              replace(shown or Shown(), swept=self.sweep_key(session, kind)))
         return swept
@@ -802,26 +803,31 @@ def _angles(entries) -> str:
 
 def _unsure_note(entries) -> str:
     unsure = [f"{e.degrees:g}°" for e in entries if is_unsure(e.result.canonicalization)]
-    return f"\n\n⚠ The canonicalizer is unsure at {', '.join(unsure)}: its guess may be wrong there." if unsure else ""
+    return (f"\n\n⚠ The canonicalizer is unsure at {', '.join(unsure)}: its guess may be wrong there." if unsure
+            else "")
 
 
 def _sweep_summary(entries, residual_deg: float) -> str:
     guesses = " · ".join(f"{e.result.canonicalization.angle_deg}° (p {e.result.canonicalization.confidence:.2f})"
                          for e in entries)
     tilt = f", keeping the {residual_deg:+.0f}° tilt" if residual_deg else ""
-    return (f"**IoU with the 0° result**, photo turned {_angles(entries[1:])}: SAM alone {_sweep_ious(entries, 'sam')}; "
+    return (f"**IoU with the 0° result**, photo turned {_angles(entries[1:])}: SAM alone "
+            f"{_sweep_ious(entries, 'sam')}; "
             f"SAM + canonicalizer {_sweep_ious(entries, 'canonicalized')}. Top row: SAM alone; bottom row: SAM + "
             f"canonicalizer; best mask only, every result turned back upright{tilt}. The canonicalizer's guesses, "
             f"photo turned {_angles(entries)}: {guesses}.") + _unsure_note(entries)
 
 
-def _tilt_sweep_summary(entries, tilt_stage: bool) -> str:
+def _tilt_sweep_summary(entries, tilt_stage: bool, box: bool) -> str:
     def undone(decision) -> str:  # the whole turn undone, in [-180, 180)
         return f"{(decision.rotation_deg + 180) % 360 - 180:+.1f}°"
 
     found = " · ".join(undone(e.result.canonicalization) for e in entries)
     stage = ("" if tilt_stage else " This canonicalizer undoes quarter turns only (the app's `--tilt` puts the tilt "
              "stage in front), so neither row can follow a tilt.")
+    if box:
+        stage += (" A tilted box is no longer upright: SAM is given the box around it, larger at each tilt, so with "
+                  "a box neither row can match the 0° result exactly.")
     return (f"**IoU with the 0° result**, photo tilted {_angles(entries[1:])}: SAM alone "
             f"{_sweep_ious(entries, 'sam')}; SAM + canonicalizer {_sweep_ious(entries, 'canonicalized')}. Top row: "
             f"SAM alone; bottom row: SAM + canonicalizer; best mask only, every result turned back upright. The turn "

@@ -147,7 +147,8 @@ def tilt_estimates(files: Iterable[Path], angle_step: float, gates: Iterable[flo
     if not 0 < angle_step <= 360:
         raise ValueError(f"the angle step takes 0 to 360 degrees, not {angle_step}")
     files, gates = list(files), sorted(set(gates))
-    residuals = sorted({geometry.split_degrees(angle)[1] for angle in _angles_below_360(angle_step)})
+    # Rounded to a millionth of a degree: float noise must not split one residual in two.
+    residuals = sorted({round(geometry.split_degrees(angle)[1], 6) for angle in _angles_below_360(angle_step)})
     gated = [dataclasses.replace(estimator, gate=gate) for gate in gates]
     estimates = np.zeros((len(gates), len(files), len(residuals)))
     for row, path in enumerate(tqdm(files, desc="tilt", unit="photo", disable=not progress)):
@@ -159,13 +160,13 @@ def tilt_estimates(files: Iterable[Path], angle_step: float, gates: Iterable[flo
     errors = np.vectorize(angular_error_deg)(estimates, np.array(residuals), PERIOD_DEG)
     within = errors <= WITHIN_DEG
     fold = np.array([fold_of(path, folds) for path in files])
-    upright, tilted = residuals.index(0.0) if 0.0 in residuals else None, [i for i, r in enumerate(residuals) if r]
+    upright, tilted = residuals.index(0.0), [i for i, r in enumerate(residuals) if r]  # angle 0 is always there
     summary = {"n_images": len(files), "angle_step_deg": angle_step, "residuals_deg": residuals,
                "tilt_estimator": dataclasses.asdict(estimator), "gates": {}}
     for g, gate in enumerate(gates):
         summary["gates"][f"{gate:g}"] = {
             "within_5deg": float(within[g].mean()),
-            "upright_kept": float(within[g][:, upright].mean()) if upright is not None else None,
+            "upright_kept": float(within[g][:, upright].mean()),
             "tilts_found": float(within[g][:, tilted].mean()) if tilted else None,
             "per_residual": {f"{r:g}": float(within[g][:, i].mean()) for i, r in enumerate(residuals)},
             "folds": [float(within[g][fold == part].mean()) for part in range(folds) if np.any(fold == part)],

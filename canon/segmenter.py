@@ -435,9 +435,11 @@ class EquivariantSegmenter:
     def sweep(self, image: np.ndarray, prompts: Prompts, multimask: bool = True,
               degrees: tuple[float, ...] = geometry.ANGLES_DEG) -> list[SweepEntry]:
         """The same prompts on ``image`` (``H x W x 3`` uint8, the upright reference) turned by each of ``degrees``
-        (the first is the reference's own result), both paths, masks mapped back to the frame of ``image``
-        (:func:`geometry.unrotate_masks_free`: exact for quarter turns, nearest neighbour for tilts). For quarter
-        turns the canonicalized IoUs are 1.0 exactly; for tilts, with a tilt stage, as close as the tilts found."""
+        (the first, normally 0, gives the result every IoU is measured against), both paths, masks mapped back to
+        the frame of ``image`` (:func:`geometry.unrotate_masks_free`: exact for quarter turns, nearest neighbour
+        for tilts). For quarter turns the canonicalized IoUs are 1.0 exactly; for tilts, with a tilt stage and
+        point prompts, as close as the tilts found. A box is widened at a tilt (:meth:`Prompts.turned`), and again
+        on the way into an untilted canonical frame, so with a box neither path can match its upright result."""
         prompts.validate(image.shape[:2])
         size = image.shape[:2]
         entries = []

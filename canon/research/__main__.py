@@ -3,7 +3,7 @@ library's option groups.
 
 ``probe`` fits an equivariant linear probe on the frozen trunk of a canonicalizer and ``orientation`` evaluates one
 like ``python -m canon evaluate orientation``; ``train`` is ``python -m canon train`` with distillation from a
-teacher (``--teacher``) and learning curves (``--train-fraction``); ``tilt-candidates`` measures two ways of
+teacher (``--teacher``) and learning curves (``--train-fraction``); ``tilt-candidates`` measures three ways of
 undoing a tilt side by side.
 """
 
@@ -43,8 +43,8 @@ def build_parser() -> Parser:
     train.add_argument("--distill-weight", type=number(0, 1), default=0.5,
                        help="weight of the distillation term against the prior (with --teacher; default 0.5)")
 
-    candidates = add_command(commands, "tilt-candidates", "the tilt stage against the network scored on candidate "
-                             "tilts, on the same photos", tilt_candidates_command)
+    candidates = add_command(commands, "tilt-candidates", "three ways of undoing a tilt (the tilt stage, the network "
+                             "as its gate, the network on candidate tilts) on the same photos", tilt_candidates_command)
     candidates.add_argument("--images", required=True, help="folder of upright photos")
     candidates.add_argument("--per-fold", type=whole_number(1), default=3,
                             help="photos per fold, spread over the names (default 3; each takes about a minute and a "

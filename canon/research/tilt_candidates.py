@@ -1,8 +1,9 @@
 """Ways of undoing a tilt, side by side on the same photos: the edge-orientation stage in front of the quarter-turn
 network (``Canonicalizer.with_tilt``, one network pass), the same with the network as its gate (a second pass on the
 photo as given; the surer of the two wins), and the paper's network itself scored on the photo turned back by each
-candidate tilt (one pass per candidate; the candidate and quarter turn with the highest activation win). ``python -m canon.research tilt-candidates --images ../shared/data/upright --json
-docs/tilt-candidates.json`` prints the table and writes the figures.
+candidate tilt (one pass per candidate; the candidate and quarter turn with the highest activation win). ``python -m
+canon.research tilt-candidates --images ../shared/data/upright --json docs/tilt-candidates.json`` prints the table
+and writes the figures.
 
 An experiment, not a serving path: the last two cost one and many more network passes per photo, beyond the fifth
 of the canonicalizer's time a tilt stage may add, and are measured only to know what they would give."""
@@ -44,11 +45,11 @@ def network_checked(edges: Canonicalization, untouched_logits: np.ndarray) -> fl
 
 def compare(canonicalizer: Canonicalizer, files: list[Path], model_name: str,
             candidate_step_deg: float = CANDIDATE_STEP_DEG, progress: bool = True) -> dict:
-    """Both candidates on every photo of ``files`` (assumed upright) tilted by each of :data:`TILTS_DEG`, the
+    """The three ways on every photo of ``files`` (assumed upright) tilted by each of :data:`TILTS_DEG`, the
     network's candidates every ``candidate_step_deg`` in [-45, 45): the share brought within 5 degrees of upright
-    per tilt and overall, and the median time per photo."""
+    per tilt and overall, and the median time per photo (the gate's: both passes, always run)."""
     candidates = [float(c) for c in np.arange(-45.0, 45.0, candidate_step_deg)]
-    edges = canonicalizer.with_tilt()
+    edges = canonicalizer if canonicalizer.tilt is not None else canonicalizer.with_tilt()
     quarter_turns = canonicalizer.with_tilt(None)
     names = ("edges", "checked", "network")
     within = {name: [] for name in names}
@@ -89,8 +90,11 @@ def table(summary: dict) -> str:
         figures = summary[name]
         rows.append(f"| {label} | " + " | ".join(f"{100 * figures['per_tilt'][t]:.0f} %" for t in tilts)
                     + f" | {100 * figures['within_5deg']:.0f} % | {figures['median_s']:.1f} s |")
+    candidates = {c % 90 for c in summary["network_candidates_deg"]}
+    grid = ("; the network's candidates include every tilt applied" if all(t % 90 in candidates
+                                                                             for t in summary["tilts_deg"]) else "")
     return "\n".join(rows) + (f"\n\n{summary['model']}, {summary['n_images']} photos spread over the folds, "
-                              "brought within 5 deg of upright; the network's candidates include every tilt applied")
+                              f"brought within 5 deg of upright{grid}")
 
 
 def spread_over_folds(files: list[Path], per_fold: int) -> list[Path]:
