@@ -482,7 +482,7 @@ def evaluate_tilt(args) -> None:
     target = json_target(args.json)
     summary = evaluate.tilt_estimates(photo_files(args.images), args.angle_step, args.gates or TILT_GATES,
                                       folds=args.folds)
-    write_summary(target, summary, evaluate.tilt_estimates_table(summary))
+    write_summary(target, summary, evaluate.tilt_estimates_table(summary) + "\n\n" + evaluate.tilt_peaks_table(summary))
 
 
 def evaluate_coco(args) -> None:

@@ -89,3 +89,27 @@ def test_tilt_estimates_trade_tilts_found_against_upright_photos_kept(upright_fi
     assert real["1"]["tilts_found"] >= real["1.1"]["tilts_found"] >= real["2"]["tilts_found"]
     assert real["1"]["upright_kept"] <= real["1.1"]["upright_kept"] <= real["2"]["upright_kept"]
     assert "| 1.5 | 100.0 % | 50.0 % | 66.7 % |" in tilt_estimates_table(summary)
+
+
+def test_tilt_peaks_tell_a_photo_whose_up_is_not_along_its_edges(tmp_path):
+    """A facade is read right at every tilt; a bar lying at 30 degrees on a plain ground is read wrong at every
+    tilt by the same 30 degrees (its edges turn with it, its up is the frame's); a flat photo has no peak to trust.
+    A perfect gate keeps the facade's three readings and the upright photo of the other two."""
+    from canon.evaluate import tilt_estimates, tilt_peaks_table
+
+    y, x = np.mgrid[0:300, 0:400]
+    facade = np.repeat(((((x // 25) + (y // 40)) % 2) * 150 + 50).astype(np.uint8)[..., None], 3, axis=2)
+    Image.fromarray(facade).save(tmp_path / "facade.png")
+    t = np.radians(30.0)  # counter-clockwise as displayed (y points down)
+    along, across = (x - 200) * np.cos(t) - (y - 150) * np.sin(t), (x - 200) * np.sin(t) + (y - 150) * np.cos(t)
+    bar = np.where((np.abs(along) < 120) & (np.abs(across) < 12), 60, 220).astype(np.uint8)
+    Image.fromarray(np.repeat(bar[..., None], 3, axis=2)).save(tmp_path / "bar.png")
+    Image.fromarray(np.full((300, 400, 3), 128, np.uint8)).save(tmp_path / "flat.png")
+    summary = tilt_estimates([tmp_path / name for name in ("facade.png", "bar.png", "flat.png")], 30, [1.1],
+                             progress=False)
+    peaks = summary["peaks"]
+    assert (peaks["right_everywhere"], peaks["one_offset"], peaks["mixed"]) == (1, 1, 1)
+    assert list(peaks["offset_photos"]) == ["bar.png"] and abs(peaks["offset_photos"]["bar.png"] - 30) < 5
+    assert peaks["perfect_gate_within_5deg"] == pytest.approx(5 / 9)
+    table = tilt_peaks_table(summary)
+    assert "| wrong at every tilt, by one offset | 1 | 33.3 % |" in table and "55.6 %" in table

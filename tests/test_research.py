@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from canon import geometry
 from canon.canonicalizer import Canonicalizer
 from canon.data import fold_of, split_files
 from canon.networks import ServingWRN
@@ -14,6 +15,7 @@ from canon.research.distill import Distillation, distillation_loss
 from canon.research.probe import (ProbeCanonicalizer, ProbeConfig, ProbedWRN, ProbeSpec, choose_penalty, fit_probe,
                                   fit_probe_weight, probe_features)
 from canon.cli import main as cli_main
+from canon.tilt import angular_error_deg
 from conftest import UPRIGHT
 from test_networks import SMALL, randomised_escnn
 from test_train import copied_photos
@@ -237,3 +239,105 @@ def test_tilt_candidates_are_measured_on_the_same_photos(tmp_path, capsys):
     assert summary["network"]["per_tilt"]["15"] == summary["network"]["per_tilt"]["30"] == 0.0
     out = capsys.readouterr().out
     assert "the network on 2 candidate tilts" in out and "include every tilt" not in out  # 15 and 30 are not among them
+
+
+def _bar_pattern(degrees: float, side: int = 97) -> torch.Tensor:
+    """A smooth two-blob pattern, drawn (not resampled) turned ``degrees`` counter-clockwise as displayed:
+    ``1 x 3 x side x side``."""
+    y, x = np.mgrid[0:side, 0:side] + 0.5 - side / 2
+    t = np.radians(degrees)
+    along, across = x * np.cos(t) - y * np.sin(t), x * np.sin(t) + y * np.cos(t)  # y points down
+    image = (np.exp(-along ** 2 / (2 * 14 ** 2) - across ** 2 / (2 * 4 ** 2))
+             + 0.5 * np.exp(-(along - 8) ** 2 / 18 - (across + 6) ** 2 / 18))
+    return torch.tensor(np.stack([image] * 3), dtype=torch.float32)[None]
+
+
+def test_tilt_network_reads_a_turn_of_its_input_as_the_same_tilt_turned():
+    from canon.research.tilt_network import TiltNetwork, read_tilt
+
+    torch.manual_seed(1)
+    network = TiltNetwork().eval()
+    with torch.no_grad():
+        x = _bar_pattern(0.0)
+        v = network(x).numpy()
+        turned = [network(torch.rot90(x, k, dims=(2, 3))).numpy() for k in (1, 2, 3)]
+        step = network(_bar_pattern(22.5)).numpy()  # a rotation of C16, off the pixel grid
+    for w in turned:  # a quarter turn moves the head a whole circle
+        np.testing.assert_allclose(w, v, rtol=1e-4, atol=1e-4 * np.abs(v).max())
+    (tilt,), _ = read_tilt(v)
+    (tilt_turned,), _ = read_tilt(step)
+    assert angular_error_deg(tilt_turned, tilt + 22.5, 90.0) < 3.0
+
+
+def test_tilt_prior_is_the_von_mises_likelihood_and_reading_inverts_it():
+    from scipy.stats import vonmises
+
+    from canon.research.tilt_network import prior_loss, read_tilt, target
+
+    tilts = torch.tensor([-45.0, -20.0, 0.0, 10.0, 44.0])
+    kappa = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0])
+    v = kappa[:, None] * target(torch.tensor([-40.0, -20.0, 5.0, 10.0, -44.0]))
+    expected = -vonmises.logpdf(np.radians(4 * tilts.numpy()), kappa.numpy(),
+                                loc=np.radians(4 * np.array([-40.0, -20.0, 5.0, 10.0, -44.0]))) - np.log(2 * np.pi)
+    torch.testing.assert_close(prior_loss(v, tilts), torch.tensor(expected.mean(), dtype=torch.float32))
+    degrees, confidence = read_tilt((kappa[:, None] * target(tilts)).numpy())
+    np.testing.assert_allclose(degrees, tilts.numpy(), atol=1e-4)
+    np.testing.assert_allclose(confidence, kappa.numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("tilt", [0.0, 15.0, 30.0, -45.0])
+def test_content_box_holds_the_photo_and_none_of_the_canvas(tilt):
+    from canon.research.tilt_network import content_box
+
+    height, width = 90, 160
+    plain = np.full((height, width, 3), 200, dtype=np.uint8)
+    spotted = plain.copy()
+    spotted[40:50, 70:80] = 0  # black inside the photo is not canvas
+    box = content_box(geometry.rotate_image_free(plain, tilt))
+    assert content_box(geometry.rotate_image_free(spotted, tilt)) == box
+    left, top, right, bottom = box
+    assert right - left == pytest.approx(bottom - top)
+    inside = geometry.rotate_image_free(plain, tilt)[int(np.floor(top)):int(np.ceil(bottom)),
+                                                     int(np.floor(left)):int(np.ceil(right))]
+    assert inside.size and np.all(inside == 200)  # neither canvas nor the bilinear seam at its edge
+    c, s = abs(np.cos(np.radians(tilt))), abs(np.sin(np.radians(tilt)))
+    assert (right - left) / 2 >= min(height, width) / 2 / (c + s) - 4  # about the largest such square
+
+
+def test_tilt_network_training_lowers_the_prior(photo):
+    from canon.research.tilt_network import TiltNetworkConfig, fit
+
+    config = TiltNetworkConfig(input_size=49, fields=(1, 2), steps=60, batch_size=8, tilts_per_photo=8)
+    network, losses = fit([photo[::2, ::2].copy()], config, progress=False)
+    assert not network.training and len(losses) == 60
+    assert np.mean(losses[-15:]) < np.mean(losses[:15]) - 0.1
+
+
+def test_tilt_network_command_reads_every_fold_beside_the_edge_stage(tmp_path, capsys):
+    names = ["animals_cat.jpg", "animals_bison.jpg", "animals_horse.jpg", "animals_cow.jpg"]
+    photos = copied_photos(tmp_path, names)
+    target = tmp_path / "n.json"
+    assert main(["tilt-network", "--images", str(photos), "--folds", "2", "--steps", "2", "--input-size", "33",
+                 "--angle-step", "30", "--json", str(target)]) == 0
+    summary = json.loads(target.read_text())
+    assert summary["n_images"] == 4 and summary["residuals_deg"] == [-30.0, 0.0, 30.0]
+    assert summary["config"]["steps"] == 2 and summary["config"]["group_order"] == 16
+    expected_folds = {str(fold_of(tmp_path / "photos" / name, 2)) for name in names}
+    for name in ("network", "network_gated", "edges", "edges_agreed"):
+        figures = summary[name]
+        assert set(figures["folds"]) == expected_folds
+        assert figures["within_5deg"] == pytest.approx((figures["upright_kept"] + 2 * figures["tilts_found"]) / 3)
+    out = capsys.readouterr().out
+    assert "edge orientation where the C_N network agrees" in out and "C16 network at 33 px, 2 steps" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--group-order", "18"], "tilt network settings out of range"),
+    (["--input-size", "96"], "tilt network settings out of range"),
+    (["--group-order", "8"], "argument --group-order: 8 is less than 16"),
+    (["--only-fold", "5"], "--only-fold takes 0 to 4 with --folds 5"),
+])
+def test_tilt_network_command_refuses_settings_it_cannot_train(args, message, tmp_path, capsys):
+    assert main(["tilt-network", "--images", str(UPRIGHT), *args, "--json", str(tmp_path / "n.json")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

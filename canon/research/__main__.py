@@ -1,10 +1,11 @@
-"""``python -m canon.research {probe,orientation,train,tilt-candidates} ...``: the experiments' command line, on the
-library's option groups.
+"""``python -m canon.research {probe,orientation,train,tilt-candidates,tilt-network} ...``: the experiments' command
+line, on the library's option groups.
 
 ``probe`` fits an equivariant linear probe on the frozen trunk of a canonicalizer and ``orientation`` evaluates one
 like ``python -m canon evaluate orientation``; ``train`` is ``python -m canon train`` with distillation from a
 teacher (``--teacher``) and learning curves (``--train-fraction``); ``tilt-candidates`` measures three ways of
-undoing a tilt side by side.
+undoing a tilt side by side, and ``tilt-network`` trains a C_N network to read the tilt and sets it beside the edge
+stage, fold by fold.
 """
 
 from __future__ import annotations
@@ -53,6 +54,24 @@ def build_parser() -> Parser:
                             help="the network's candidate tilts, every DEG degrees in [-45, 45) (default 5)")
     model_options(candidates, sam=False)
     json_option(candidates)
+
+    tilt_network = add_command(commands, "tilt-network", "a C_N network trained to read the tilt, beside the edge "
+                               "stage, on the validation side of each fold", tilt_network_command)
+    tilt_network.add_argument("--images", required=True, help="folder of upright photos")
+    tilt_network.add_argument("--group-order", type=whole_number(16), default=16, metavar="N",
+                              help="rotations the network is equivariant to, a multiple of 4 (default 16)")
+    tilt_network.add_argument("--input-size", type=input_size, default=97,
+                              help="side of the network's input, one more than a multiple of 8 (default 97)")
+    tilt_network.add_argument("--steps", type=whole_number(1), default=600,
+                              help="training steps per fold, 16 crops each (default 600: about 100 s on two CPU cores)")
+    tilt_network.add_argument("--angle-step", type=number(0, 360, low_open=True), default=15.0, metavar="DEG",
+                              help="the photos are tilted by what multiples of DEG leave beyond quarter turns "
+                                   "(default 15)")
+    tilt_network.add_argument("--only-fold", type=whole_number(0), action="append", default=None, metavar="K",
+                              help="run this fold only (repeatable; default every fold)")
+    tilt_network.add_argument("--folds", type=whole_number(2), default=5,
+                              help="folds of the grouped split, each trained and read on its own (default 5)")
+    json_option(tilt_network)
     return parser
 
 
@@ -103,6 +122,22 @@ def tilt_candidates_command(args) -> None:
     files = spread_over_folds(photo_files(args.images), args.per_fold)
     summary = compare(load_canonicalizer(args), files, args.canonicalizer or canonicalizer_default(),
                       args.candidate_step)
+    write_summary(target, summary, table(summary))
+
+
+def tilt_network_command(args) -> None:
+    from .tilt_network import TiltNetworkConfig, compare, table
+
+    target = json_target(args.json)
+    files = photo_files(args.images)
+    if args.only_fold and max(args.only_fold) >= args.folds:
+        raise CliError(f"--only-fold takes 0 to {args.folds - 1} with --folds {args.folds}")
+    try:
+        config = TiltNetworkConfig(group_order=args.group_order, input_size=args.input_size, steps=args.steps)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    summary = compare(files, config, args.angle_step, args.folds,
+                      tuple(sorted(set(args.only_fold))) if args.only_fold else None)
     write_summary(target, summary, table(summary))
 
 
