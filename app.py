@@ -6,10 +6,11 @@ This file is the page only: layout, events and wording. Every computation is the
 ``build_demo(models)`` builds the page around models built elsewhere (tests, other launchers), and :func:`launch`
 serves it with this app's settings.
 
-Events come in two kinds. *Light* ones (a photo, a turn, a click, undo, the display options) run the canonicalizer
-at most (a fraction of a second) in their own queue, so they never wait behind another visitor's SAM run; each is
-followed by the *heavy* step (:meth:`Handlers.sam_step`), which computes SAM's embeddings of the photo as soon as it
-is shown, before any click, and then the masks for whatever prompts the session holds by the time it runs.
+Events come in two kinds. *Light* ones (a photo, a turn, the tilt stage, a click, undo, the display options) run the
+canonicalizer at most (a fraction of a second) in their own queue, so they never wait behind another visitor's SAM
+run; each is followed by the *heavy* step (:meth:`Handlers.sam_step`), which computes SAM's embeddings of the photo
+as soon as it is shown, before any click, and then the masks for whatever prompts the session holds by the time it
+runs.
 """
 
 from __future__ import annotations
@@ -80,10 +81,11 @@ NO_PHOTO = "⚠ Upload a photo first."  # what every event that needs a photo sa
 HOW_TO = "Pick an example or upload a photo; turn it; then click on it."
 CLICK_ON_IT = "Click on the turned photo to prompt SAM (or press *Segment everything*)."
 READY = "SAM is ready for this photo and turn: click on it (each click takes a moment only)."
+TILT_STAGE = "Undo the tilt too"  # the checkbox that puts the tilt stage in front of the canonicalizer
 SWEEP_INTRO = ("Quarter turns: the canonicalized row should be identical at every angle while SAM alone drifts (up "
-               "to five image embeddings). Tilts: only a canonicalizer with the tilt stage can follow them (up to "
+               f"to five image embeddings). Tilts: only with *{TILT_STAGE}* can the canonicalizer follow them (up to "
                "eight).")
-SWEEP_OUTDATED = "⚠ Outdated: the photo or the prompts changed since this sweep. Run it again."
+SWEEP_OUTDATED = "⚠ Outdated: the photo, the prompts or the tilt stage changed since this sweep. Run it again."
 LEGEND = ("Outlines: blue = SAM's best mask, then orange, green (the other candidates). Dots: green = object, "
           "red = background.")
 DIFFERENCE_LEGEND = ("Magenta: pixels in this panel's best mask and not in the other panel's; light blue: pixels "
@@ -249,14 +251,14 @@ class Handlers:
         """A new photo, uploaded or pasted: ``upload`` is Gradio's file payload, None when cleared. It starts
         upright (the angle goes back to 0)."""
         if upload is None:
-            return self._blank(HOW_TO, request)
+            return self._blank(HOW_TO, session, request)
         try:
             photo, size = self.uploads.photo(upload)
-        except ImageError as error:
-            return self._blank(_warning(error), request, upload=None)  # the box does not keep a refused file
+        except ImageError as error:  # the box does not keep a refused file
+            return self._blank(_warning(error), session, request, upload=None)
         note = _shrink_note(size, photo)
         status = "Photo loaded" + (f" ({note})" if note else "") + ". Turn it, then click on it to prompt SAM."
-        return self._shown_photo(Session().with_photo(photo), status, request, angle=0)
+        return self._shown_photo((session or Session()).with_photo(photo), status, request, angle=0)
 
     def example(self, session: Session | None, evt: gr.SelectData, request: gr.Request = None) -> Page:
         """An example picked from the gallery: its photo at its angle."""
@@ -266,7 +268,8 @@ class Handlers:
         name, angle, label, note = EXAMPLES[index]
         photo, _ = prepare_photo(EXAMPLES_DIR / name)
         status = f"Example loaded: {label.rstrip(' ✘')}, turned {angle}°{': ' + note if note else ''}. Click on it."
-        return self._shown_photo(Session().with_photo(photo, angle), status, request, angle=angle, upload=photo)
+        return self._shown_photo((session or Session()).with_photo(photo, angle), status, request, angle=angle,
+                                 upload=photo)
 
     def rotate(self, session: Session | None, shown: Shown | None, angle: float, request: gr.Request = None) -> Page:
         """The photo turned to ``angle`` degrees counter-clockwise; the prompts turn with it."""
@@ -288,6 +291,17 @@ class Handlers:
         def turned(session: Session | None, shown: Shown | None, request: gr.Request = None) -> Page:
             return self.rotate(session, shown, angle, request)._replace(angle=angle)
         return turned
+
+    def tilt_stage(self, session: Session | None, shown: Shown | None, on: bool, request: gr.Request = None) -> Page:
+        """The tilt stage put in front of the canonicalizer (``on``) or taken away, for this visitor."""
+        if not isinstance(on, bool):
+            return Page(status=_warning(f"{TILT_STAGE.lower()} is a yes or a no"))
+        session = (session or Session()).with_tilt_stage(on)
+        if session.photo is None:
+            return Page(session=session)
+        working = "⏳ Updating SAM's masks for the canonicalizer's new image…" if (
+            session.has_prompts or session.everything) else ""
+        return self._shown_photo(session, working or CLICK_ON_IT, request, shown=shown, keep_results=True)
 
     def click(self, session: Session | None, shown: Shown | None, mode: str, evt: gr.SelectData,
               request: gr.Request = None) -> Page:
@@ -419,9 +433,9 @@ class Handlers:
                     unsure = path == "canonicalized" and is_unsure(entry.result.canonicalization)
                     caption = f"{name} {entry.degrees:g}° · IoU {iou:.2f}" + (" ⚠ unsure" if unsure else "")
                     items.append((marked(overlay(image, best_mask)), caption))
+            tilt_stage = self.models.canonicalizer_for(session.tilt_stage).tilt is not None
             summary = (_sweep_summary(entries, session.residual_deg) if kind == "quarter turns" else
-                       _tilt_sweep_summary(entries, self.models.canonicalizer.tilt is not None,
-                                           session.prompts(frame).box is not None))
+                       _tilt_sweep_summary(entries, tilt_stage, session.prompts(frame).box is not None))
             return SweepPage(gr.Gallery(items, visible=True), summary,
                              replace(shown or Shown(), swept=self.sweep_key(session, kind)))
         return swept
@@ -506,9 +520,10 @@ class Handlers:
 
     @staticmethod
     def sweep_key(session: Session, kind: str) -> tuple:
-        """What a sweep of ``kind`` depends on: the photo, the prompts in the upright frame and, for quarter turns,
-        the tilt beyond them (which that sweep keeps)."""
-        return kind, session.photo_id, session.residual_deg if kind == "quarter turns" else 0.0, session.clicks
+        """What a sweep of ``kind`` depends on: the photo, the prompts in the upright frame, the choice of tilt
+        stage and, for quarter turns, the tilt beyond them (which that sweep keeps)."""
+        return (kind, session.photo_id, session.residual_deg if kind == "quarter turns" else 0.0, session.clicks,
+                session.tilt_stage)
 
     def _note(self, request: gr.Request | None, session: Session) -> None:
         """Record ``session`` as the visitor's newest, for :meth:`_overtaken`."""
@@ -539,9 +554,9 @@ class Handlers:
         for image, embedding in zip(images, self._encode(sam, images)):
             backend.store(image, embedding)
 
-    def _blank(self, status: str, request: gr.Request | None, **extra) -> Page:
-        """No photo: every panel empty, the slider at 0, no sweep."""
-        session = Session()
+    def _blank(self, status: str, session: Session | None, request: gr.Request | None, **extra) -> Page:
+        """No photo: every panel empty, the slider at 0, no sweep (the visitor's choice of tilt stage kept)."""
+        session = (session or Session()).without_photo()
         self._note(request, session)
         return Page(session=session, shown=Shown(), status=status, view=None, verdict="", sam=None,
                     canonicalized=None, probabilities=None, canonical=None, details="", downloads=None,
@@ -744,11 +759,12 @@ def _verdict(session: Session, outcome: Outcome, display: Display | None = None)
     turned = 90 * quarter % 360
     if session.angle != 0 or decision.tilt_deg:
         undoes = outcome.tilt_stage
-        tilt = f" plus a {residual:+.0f}° tilt{'' if undoes else ' it cannot undo'}" if residual else ""
+        tilt = f" plus a {residual:+.0f}° tilt{'' if undoes else ' it does not undo'}" if residual else ""
         found = angular_error_deg(decision.rotation_deg, session.angle) <= WITHIN_DEG if undoes else \
             decision.angle_deg == turned
         verdict = ("✔ matches" + (" within 5°" if undoes else "")) if found else "✘ does not match"
-        lines.append(f"You turned the photo {turned}°{tilt}: {verdict} (assuming your photo was upright).")
+        lines.append(f"You turned the photo {turned}°{tilt}: {verdict} (assuming your photo was upright)."
+                     + (f" Tick *{TILT_STAGE}* to have the tilt undone as well." if residual and not undoes else ""))
     if is_unsure(decision):
         lines.append(f"⚠ Unsure: its top probability is only {decision.confidence:.2f}.")
     if not decision.changes_image:
@@ -823,8 +839,8 @@ def _tilt_sweep_summary(entries, tilt_stage: bool, box: bool) -> str:
         return f"{(decision.rotation_deg + 180) % 360 - 180:+.1f}°"
 
     found = " · ".join(undone(e.result.canonicalization) for e in entries)
-    stage = ("" if tilt_stage else " This canonicalizer undoes quarter turns only (the app's `--tilt` puts the tilt "
-             "stage in front), so neither row can follow a tilt.")
+    stage = ("" if tilt_stage else f" The canonicalizer undoes quarter turns only (tick *{TILT_STAGE}* to put the "
+             "tilt stage in front), so neither row can follow a tilt.")
     if box:
         stage += (" A tilted box is no longer upright: SAM is given the box around it, larger at each tilt, so with "
                   "a box neither row can match the 0° result exactly.")
@@ -866,12 +882,13 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
                                       height=210, allow_preview=False, object_fit="cover", format="png",
                                       elem_id="examples")
                 gr.Markdown(EXAMPLES_NOTE, elem_id="examples-note")
-                angle = gr.Slider(0, 360, value=0, step=1, label="Turn (degrees, counter-clockwise)",
-                                  info=("Beyond quarter turns, the tilt is estimated from the edges and undone."
-                                        if models.canonicalizer.tilt is not None else
-                                        "Beyond quarter turns, the tilt left is not undone."), elem_id="angle")
+                angle = gr.Slider(0, 360, value=0, step=1, label="Turn (degrees, counter-clockwise)", elem_id="angle")
                 with gr.Row():
                     turns = {value: gr.Button(f"{value}°", size="sm", min_width=50) for value in (0, 90, 180, 270)}
+                tilt_stage = gr.Checkbox(models.canonicalizer.tilt is not None, label=TILT_STAGE, elem_id="tilt-stage",
+                                         info="Read the tilt beyond quarter turns from the photo's edges and undo "
+                                              "it as well (quarter turns stay exact). It may also tilt an upright "
+                                              "photo.")
             with gr.Column(scale=4, min_width=300):
                 status = gr.Markdown(HOW_TO, elem_id="status")
                 with gr.Row(equal_height=True, elem_id="panels"):
@@ -936,6 +953,7 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
             button.click(None, js=SHOW_VIEW_ON_PHONE)
         then_sam(angle.input(handlers.rotate, [session, shown, angle], page, trigger_mode="always_last", **light))
         then_sam(angle.release(handlers.rotate, [session, shown, angle], page, **light))
+        then_sam(tilt_stage.input(handlers.tilt_stage, [session, shown, tilt_stage], page, **light))
         then_sam(view.select(handlers.click, [session, shown, mode], page, trigger_mode="multiple", **light))
         then_sam(undo.click(handlers.undo, [session, shown], page, **light))
         then_sam(clear.click(handlers.clear, [session, shown], page, **light))
@@ -1031,9 +1049,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=whole_number(1, 64), default=env("CANON_CONCURRENCY", "1"),
                         help="model runs at once, all visitors together (env CANON_CONCURRENCY; default 1)")
     parser.add_argument("--tilt", action="store_true", default=env("CANON_TILT", "").lower() in ("1", "true"),
-                        help="undo the tilt beyond quarter turns too, with the edge-orientation stage in front of "
-                             "the canonicalizer (env CANON_TILT=1; off by default: it also tilts some upright "
-                             "photos, see the README)")
+                        help="start visitors with the tilt stage on: the tilt beyond quarter turns undone too, "
+                             "read from the photo's edges (env CANON_TILT=1; off by default: it also tilts some "
+                             "upright photos, see the README; each visitor can switch it on the page)")
     return parser
 
 

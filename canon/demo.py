@@ -30,6 +30,7 @@ from .registry import ModelUnavailableError, default_sam, registered_sam, sam_av
 from .render import difference, outlined
 from .runtime import image_digest
 from .segmenter import DualResult, Embedding, EquivariantSegmenter, PathResult, SamBackend, SweepEntry
+from .tilt import TiltEstimator
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ CLICK_KINDS = ("object", "background", "corner")  # a point on the object, a poi
 class Models:
     """The models one app serves: the canonicalizer, loaded up front (8 MB), and SAM backends loaded on first use.
 
+    ``canonicalizer`` is the one the server is set to serve; :meth:`canonicalizer_for` gives it with or without the
+    tilt stage, as a visitor chooses (the same weights, each with its own cache).
+
     ``sam_sources`` maps the names offered to visitors to a registry name or a local ``.pth`` (loaded on first use
     with :meth:`SamBackend.load`, downloading from the Hub if need be) or to an already built :class:`SamBackend`
     (kept for good). At most ``max_loaded`` SAMs loaded on demand stay in memory, least recently used dropped first
@@ -60,6 +64,10 @@ class Models:
         if not sam_sources:
             raise ValueError("no SAM to offer")
         self.canonicalizer = canonicalizer
+        # Without a tilt stage, the one put in front is TiltEstimator's defaults; with one, the server's settings.
+        self._by_tilt_stage = {canonicalizer.tilt is not None: canonicalizer,
+                               canonicalizer.tilt is None: canonicalizer.with_tilt(
+                                   TiltEstimator() if canonicalizer.tilt is None else None)}
         self.sam_sources = dict(sam_sources)
         self.default_sam = default_sam or next(iter(self.sam_sources))
         self.device, self.max_loaded, self.retry_after_s = device, max_loaded, retry_after_s
@@ -71,6 +79,11 @@ class Models:
     @property
     def sam_choices(self) -> list[str]:
         return list(self.sam_sources)
+
+    def canonicalizer_for(self, tilt_stage: bool | None) -> Canonicalizer:
+        """The canonicalizer with the tilt stage in front (True), without it (False), or as the server is set
+        (None)."""
+        return self.canonicalizer if tilt_stage is None else self._by_tilt_stage[bool(tilt_stage)]
 
     def sam(self, choice: str) -> SamBackend:
         """The SAM backend offered as ``choice``, loaded (and downloaded) if need be; raise
@@ -101,8 +114,9 @@ class Models:
                 self._loaded.popitem(last=False)
             return backend
 
-    def segmenter(self, choice: str) -> EquivariantSegmenter:
-        return EquivariantSegmenter(self.canonicalizer, self.sam(choice))
+    def segmenter(self, choice: str, tilt_stage: bool | None = None) -> EquivariantSegmenter:
+        """SAM ``choice`` behind :meth:`canonicalizer_for` ``tilt_stage``."""
+        return EquivariantSegmenter(self.canonicalizer_for(tilt_stage), self.sam(choice))
 
     def loaded(self, choice: str) -> SamBackend | None:
         """The backend of ``choice`` if it is in memory now (nothing is loaded)."""
@@ -169,6 +183,9 @@ class Session:
     counter-clockwise), the clicks in order, and whether "segment everything" is what SAM was last asked (the
     clicks are kept meanwhile: undo goes back to them). ``photo_id`` is the photo's digest.
 
+    ``tilt_stage``: whether the visitor has the canonicalizer undo the tilt beyond quarter turns too (None: as the
+    server is set; see :meth:`Models.canonicalizer_for`). It outlives the photo.
+
     Immutable: every change returns a new session. Corner clicks pair up into a box; the last complete pair is the
     box, a last unpaired corner waits for its partner.
     """
@@ -178,15 +195,23 @@ class Session:
     clicks: tuple[Click, ...] = ()
     everything: bool = False
     photo_id: str = ""
+    tilt_stage: bool | None = None
 
     def with_photo(self, photo: np.ndarray, angle: float = 0.0) -> "Session":
-        """A new photo, shown at ``angle``, without prompts."""
-        return Session(photo=photo, photo_id=image_digest(photo)).rotated_to(angle)
+        """A new photo, shown at ``angle``, without prompts (the choice of tilt stage kept)."""
+        return Session(photo=photo, photo_id=image_digest(photo), tilt_stage=self.tilt_stage).rotated_to(angle)
+
+    def without_photo(self) -> "Session":
+        """No photo, the choice of tilt stage kept."""
+        return Session(tilt_stage=self.tilt_stage)
+
+    def with_tilt_stage(self, tilt_stage: bool) -> "Session":
+        return replace(self, tilt_stage=bool(tilt_stage))
 
     @property
     def key(self) -> tuple:
         """What SAM's answer depends on: equal keys, equal requests."""
-        return self.photo_id, self.angle, self.clicks, self.everything
+        return self.photo_id, self.angle, self.clicks, self.everything, self.tilt_stage
 
     def rotated_to(self, angle: float) -> "Session":
         geometry.split_degrees(angle)  # raises on a non-finite angle
@@ -312,8 +337,9 @@ class Outcome:
 def canonicalized(models: Models, session: Session, view: np.ndarray | None = None) -> Outcome:
     """The canonicalizer's part alone for the session's view (``view``, when the caller has it already)."""
     view = session.view() if view is None else view
-    return Outcome(view, models.canonicalizer.canonicalize(view), session.residual_deg,
-                   tilt_stage=models.canonicalizer.tilt is not None)
+    canonicalizer = models.canonicalizer_for(session.tilt_stage)
+    return Outcome(view, canonicalizer.canonicalize(view), session.residual_deg,
+                   tilt_stage=canonicalizer.tilt is not None)
 
 
 def run(models: Models, session: Session, sam_choice: str, multimask: bool = True,
@@ -328,7 +354,7 @@ def run(models: Models, session: Session, sam_choice: str, multimask: bool = Tru
     if not (session.has_prompts or session.everything):
         return canonicalized(models, session, view)
     try:
-        segmenter = models.segmenter(sam_choice)
+        segmenter = models.segmenter(sam_choice, session.tilt_stage)
     except ModelUnavailableError as error:
         return replace(canonicalized(models, session, view), sam_error=error.public)
     if session.everything:
@@ -337,7 +363,7 @@ def run(models: Models, session: Session, sam_choice: str, multimask: bool = Tru
         result = segmenter.segment(view, session.prompts(), multimask)
     return Outcome(view, result.canonicalization, session.residual_deg, result,
                    agreement=schema.agreement(result, session.everything),
-                   tilt_stage=models.canonicalizer.tilt is not None)
+                   tilt_stage=segmenter.canonicalizer.tilt is not None)
 
 
 def embeddings_to_prepare(models: Models, session: Session, sam_choice: str,
@@ -346,7 +372,7 @@ def embeddings_to_prepare(models: Models, session: Session, sam_choice: str,
     view (see :meth:`EquivariantSegmenter.images_needed`), what a click on it would otherwise wait for, or with
     ``sweep_kind`` (one of :data:`SWEEPS`) those of every image that sweep shows SAM. Loads SAM
     (:class:`ModelUnavailableError` when it cannot be had)."""
-    segmenter = models.segmenter(sam_choice)
+    segmenter = models.segmenter(sam_choice, session.tilt_stage)
     if sweep_kind is None:
         views = [session.view()]
     else:
@@ -380,7 +406,8 @@ def sweep(models: Models, session: Session, sam_choice: str, multimask: bool = T
     ``ValueError`` without prompts and :class:`ModelUnavailableError` without SAM."""
     check_sweep(session)
     image, frame = session.sweep_frame(kind)
-    return models.segmenter(sam_choice).sweep(image, session.prompts(frame), multimask, SWEEPS[kind])
+    return models.segmenter(sam_choice, session.tilt_stage).sweep(image, session.prompts(frame), multimask,
+                                                                  SWEEPS[kind])
 
 
 # ------------------------------------------------------------------------------------------- drawing, downloads

@@ -232,7 +232,8 @@ def test_background_points_undo_and_clear(handlers):
 def test_a_free_angle_keeps_its_tilt_and_says_so(screen):
     screen.turn(100)
     assert screen.view.shape[:2] == geometry.free_rotated_size((480, 640), 100) and top(screen) == "turned 90°"
-    assert "You turned the photo 90° plus a +10° tilt it cannot undo" in screen.verdict
+    assert "You turned the photo 90° plus a +10° tilt it does not undo" in screen.verdict
+    assert f"Tick *{app.TILT_STAGE}*" in screen.verdict
     session = screen.session
     corner = screen.handlers.click(session, screen.shown, OBJECT, select(1, 1))
     assert corner.status.startswith("⚠ that click is in a corner") and corner.session is app.SKIP
@@ -360,10 +361,44 @@ def test_an_undo_before_the_newer_answer_says_done(handlers):
 
 def test_with_the_tilt_stage_the_verdict_says_the_tilt_found(handlers, paper_canonicalizer, standin_sam_path):
     tilting = app.Handlers(standin_models(paper_canonicalizer.with_tilt(), standin_sam_path))
-    for each, says in ((tilting, "looks tilted **+"), (handlers, "tilt it cannot undo")):
+    for each, says in ((tilting, "looks tilted **+"), (handlers, "tilt it does not undo")):
         session = each.example(None, gr.SelectData(None, {"index": 2, "value": None})).session  # the tower
         verdict = each.rotate(session, None, 20).verdict
         assert "You turned the photo 0° plus a +20° tilt" in verdict and says in verdict
+
+
+def test_a_visitor_switches_the_tilt_stage_on_and_keeps_it_for_the_next_photo(handlers):
+    """The server serves quarter turns only; one visitor ticks the tilt stage: the verdict reads the tilt, SAM's
+    masks are made again for the new canonical image, a sweep on the page is outdated, and the choice outlives the
+    photo. Anything but a yes or a no is refused."""
+    screen = Screen(handlers).light(handlers.example, None, gr.SelectData(None, {"index": 2, "value": None}))
+    height, width = screen.session.photo.shape[:2]
+    screen.then_sam().click(width // 2, height // 2)
+    screen.light(handlers.sweep("tilts"), screen.session, screen.shown, "standin", True)
+    screen.turn(20)
+    assert screen.session.tilt_stage is None and "tilt it does not undo" in screen.verdict
+    before = screen.shown.outcome.canonicalization
+
+    screen.light(handlers.tilt_stage, screen.session, screen.shown, True)
+    assert screen.session.tilt_stage is True and screen.status.startswith("⏳ Updating SAM's masks")
+    assert "looks tilted **+" in screen.verdict and "does not undo" not in screen.verdict
+    assert screen.sweep_summary == app.SWEEP_OUTDATED  # the sweep was made without the stage
+    screen.then_sam()
+    after = screen.shown.outcome.canonicalization
+    assert screen.status.startswith("Done") and before.tilt_deg == 0 and after.tilt_deg != 0
+    assert screen.shown.request == handlers.request_key(screen.session, "standin", True)
+    assert after.canonical_image.shape != before.canonical_image.shape  # untilted onto a larger canvas
+
+    tower = screen.session.photo_id
+    screen.light(handlers.example, screen.session, gr.SelectData(None, {"index": 0, "value": None}))
+    assert screen.session.tilt_stage is True and screen.session.photo_id != tower
+    cleared = handlers.photo(screen.session, None)
+    assert cleared.session.tilt_stage is True and cleared.session.photo is None
+    for hostile in ("yes", 1, None, {"value": True}):
+        page = handlers.tilt_stage(screen.session, screen.shown, hostile)
+        assert page.status == f"⚠ {app.TILT_STAGE.lower()} is a yes or a no." and page.session is app.SKIP
+    off = handlers.tilt_stage(cleared.session, None, False)
+    assert off.session.tilt_stage is False and off.view is app.SKIP  # no photo: the choice only
 
 
 def _undone(summary: str) -> list[float]:

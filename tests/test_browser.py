@@ -92,7 +92,11 @@ def status(page):
 
 
 def pick_example(page, caption: str) -> None:
+    """A click on an example, then the wait for SAM to be ready for it: after the turned photo has changed, for the
+    status line may say "SAM is ready" of the photo before."""
+    before = page.evaluate("document.querySelector('#view img')?.src || ''")
     page.locator("#examples").get_by_text(caption, exact=True).click()
+    page.wait_for_function("(before) => (document.querySelector('#view img')?.src || '') !== before", arg=before)
     expect(status(page)).to_contain_text("SAM is ready")
 
 
@@ -214,6 +218,28 @@ def test_the_sweep_goes_stale_when_the_prompts_change_and_a_new_photo_clears_it(
     expect(desktop.locator("#sam-alone img")).to_have_count(0)
 
 
+def test_the_tilt_stage_is_the_visitors_to_switch_on_and_off(desktop):
+    """The server serves quarter turns only; a visitor ticks the box beside the turn and the canonicalizer reads the
+    tilt and undoes it, SAM's masks following; unticked, the tilt is left again."""
+    pick_example(desktop, "tower 270°")
+    number = desktop.locator("#angle input[type=number]")
+    number.fill("290")
+    number.press("Enter")
+    verdict = desktop.locator("#verdict")
+    expect(verdict).to_contain_text("plus a +20° tilt it does not undo")
+    click_view(desktop)
+    box = desktop.locator("#tilt-stage input[type=checkbox]")
+    expect(box).not_to_be_checked()
+    box.check()
+    expect(verdict).to_contain_text("looks tilted")
+    expect(verdict).to_contain_text("matches within 5°")
+    expect(status(desktop)).to_contain_text("Done")
+    shot(desktop, "desktop-tilt-stage")
+    box.uncheck()
+    expect(verdict).to_contain_text("tilt it does not undo")
+    expect(status(desktop)).to_contain_text("Done")
+
+
 def test_the_sam_menu_shows_its_names_whole(desktop):
     field = desktop.locator("#sam-size input").first
     assert field.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), field.input_value()
@@ -234,6 +260,11 @@ def test_on_a_phone_a_turn_brings_the_photo_into_view_and_the_results_sit_side_b
     assert canonicalized["x"] + canonicalized["width"] <= PHONE["width"]
     phone.locator("#sam-alone").scroll_into_view_if_needed()
     shot(phone, "phone-clicked")
+    tilt_stage = phone.locator("#tilt-stage")  # the turn's controls whole on the screen, the tilt stage's too
+    tilt_stage.scroll_into_view_if_needed()
+    box = tilt_stage.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    shot(phone, "phone-turn-controls")
 
 
 def test_on_a_phone_the_sweep_shows_every_column_and_the_table_keeps_its_words(phone):

@@ -112,6 +112,36 @@ def test_a_new_photo_starts_at_its_own_angle_without_prompts():
     assert again.angle == 0 and again.clicks == () and again.photo_id == session.photo_id != ""
 
 
+def test_the_tilt_stage_outlives_the_photo_and_is_part_of_the_request():
+    photo = np.zeros((10, 12, 3), np.uint8)
+    session = Session().with_photo(photo, 30)
+    tilted = session.with_tilt_stage(True)
+    assert session.tilt_stage is None and tilted.tilt_stage is True and tilted.key != session.key
+    assert tilted.with_photo(photo).tilt_stage is True and tilted.without_photo().tilt_stage is True
+    assert tilted.without_photo().photo is None and tilted.with_tilt_stage(False).key != session.key
+
+
+@pytest.mark.parametrize("served_with_tilt", [False, True])
+def test_models_serve_the_canonicalizer_with_and_without_the_tilt_stage(paper_canonicalizer, standin_sam_path,
+                                                                         served_with_tilt):
+    """One set of weights, with the server's tilt settings where it has some; None is the server's choice."""
+    from canon.tilt import TiltEstimator
+
+    own = TiltEstimator(gate=1.0)
+    served = paper_canonicalizer.with_tilt(own if served_with_tilt else None)
+    models = Models(served, {"standin": str(standin_sam_path)}, device="cpu")
+    assert models.canonicalizer_for(None) is served is models.canonicalizer_for(served_with_tilt)
+    assert models.canonicalizer_for(False).tilt is None
+    assert models.canonicalizer_for(True).tilt == (own if served_with_tilt else TiltEstimator())
+    assert all(models.canonicalizer_for(on).network is served.network for on in (False, True))
+    photo = prepare_photo(REPO / "examples" / "france_eiffelTower.jpg")[0]
+    session = Session().with_photo(photo, 20)
+    undone = {on: demo.canonicalized(models, session.with_tilt_stage(on)) for on in (False, True)}
+    assert undone[False].canonicalization.tilt_deg == 0 and not undone[False].tilt_stage
+    assert undone[True].canonicalization.tilt_deg != 0 and undone[True].tilt_stage
+    assert models.segmenter("standin", True).canonicalizer is models.canonicalizer_for(True)
+
+
 def test_models_say_which_sam_can_be_had_without_loading_it(paper_canonicalizer, standin_sam_path, tmp_path,
                                                              monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
