@@ -1,8 +1,8 @@
 """Regenerate the figures in the docs that can be computed: ``python -m benchmarks.docs_tables`` rewrites every block
 ``<!-- generated: NAME -->`` ... ``<!-- end: NAME -->`` of the Markdown files below from its source (the bench,
 orientation and tilt JSON in ``docs/``, which ``python -m canon bench``, ``evaluate orientation``, ``evaluate tilt``
-and ``python -m canon.research tilt-candidates`` and ``tilt-network`` write), so that no figure there is typed by
-hand. ``--check`` only reports blocks that differ (the tests run it)."""
+and ``python -m canon.research tilt-candidates``, ``tilt-network`` and ``tilt-lines`` write), so that no figure
+there is typed by hand. ``--check`` only reports blocks that differ (the tests run it)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ DOCS = (REPO / "README.md", REPO / "docs" / "performance.md", REPO / "docs" / "e
 BENCH, ORIENTATION = REPO / "docs" / "bench-cpu.json", REPO / "docs" / "orientation-wrn-c4-paper.json"
 ANY_ANGLE = REPO / "docs" / "orientation-any-angle.json"
 TILT_GATES, TILT_CANDIDATES = REPO / "docs" / "tilt-gates.json", REPO / "docs" / "tilt-candidates.json"
-TILT_NETWORK = REPO / "docs" / "tilt-network.json"
+TILT_NETWORK, TILT_LINES = REPO / "docs" / "tilt-network.json", REPO / "docs" / "tilt-lines.json"
 # The same evaluations on the photos from outside the repository (docs/experiments.md says how to rebuild them).
 EXTERNAL_ANY_ANGLE = REPO / "docs" / "orientation-any-angle-external.json"
 EXTERNAL_TILT_GATES = REPO / "docs" / "tilt-gates-external.json"
@@ -65,6 +65,8 @@ SOURCES = {
     "tilt-peaks": ((TILT_GATES,), tilt_peaks_table),
     "tilt-candidates": ((TILT_CANDIDATES,), tilt_candidates_table),
     "tilt-network": ((TILT_NETWORK,), tilt_network_table),
+    "tilt-lines": ((TILT_LINES,), tilt_estimates_table),
+    "tilt-lines-peaks": ((TILT_LINES,), tilt_peaks_table),
     "any-angle-external": ((EXTERNAL_ANY_ANGLE,), orientation_by_angle_table),
     "tilt-gates-external": ((EXTERNAL_TILT_GATES,), tilt_estimates_table),
     "headline": ((BENCH, ORIENTATION, ANY_ANGLE, EXTERNAL_ANY_ANGLE), lambda bench, orientation, any_angle, external:

@@ -220,17 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     consistency.add_argument("--tilt", action="store_true", help="with the tilt stage in front of the canonicalizer")
     json_option(consistency)
 
-    tilt = add_command(kinds, "tilt", "the tilt stage alone: tilts found against upright photos kept, per gate",
-                       evaluate_tilt)
-    tilt.add_argument("--images", required=True, help="folder of upright photos")
-    tilt.add_argument("--angle-step", type=number(0, 360, low_open=True), default=15.0, metavar="DEG",
-                      help="tilt every photo by what each multiple of DEG degrees leaves beyond quarter turns "
-                           "(default 15)")
-    tilt.add_argument("--gate", type=number(0), action="append", default=None, metavar="G", dest="gates",
-                      help="a confidence gate to measure (repeat for more; default "
-                           f"{', '.join(f'{g:g}' for g in TILT_GATES)})")
-    tilt.add_argument("--folds", type=whole_number(2), default=5, help="number of folds of the split (default 5)")
-    json_option(tilt)
+    add_command(kinds, "tilt", "the tilt stage alone: tilts found against upright photos kept, per gate",
+                evaluate_tilt, tilt_options)
 
     coco = add_command(kinds, "coco", "the paper's protocol: box-prompted segm mAP at the four rotations",
                        evaluate_coco)
@@ -476,12 +467,26 @@ def evaluate_consistency(args) -> None:
 TILT_GATES = (1.0, TiltEstimator.gate, 1.3, 1.6, 2.0)
 
 
-def evaluate_tilt(args) -> None:
+def tilt_options(parser) -> None:
+    """The options of ``evaluate tilt``: photos, angles, gates, folds, JSON."""
+    parser.add_argument("--images", required=True, help="folder of upright photos")
+    parser.add_argument("--angle-step", type=number(0, 360, low_open=True), default=15.0, metavar="DEG",
+                        help="tilt every photo by what each multiple of DEG degrees leaves beyond quarter turns "
+                             "(default 15)")
+    parser.add_argument("--gate", type=number(0), action="append", default=None, metavar="G", dest="gates",
+                        help="a confidence gate to measure (repeat for more; default "
+                             f"{', '.join(f'{g:g}' for g in TILT_GATES)})")
+    parser.add_argument("--folds", type=whole_number(2), default=5, help="number of folds of the split (default 5)")
+    json_option(parser)
+
+
+def evaluate_tilt(args, estimator: TiltEstimator | None = None) -> None:
+    """``evaluate tilt``: the served tilt stage (or ``estimator``, one of its kind) alone."""
     from . import evaluate
 
     target = json_target(args.json)
     summary = evaluate.tilt_estimates(photo_files(args.images), args.angle_step, args.gates or TILT_GATES,
-                                      folds=args.folds)
+                                      estimator=estimator or TiltEstimator(), folds=args.folds)
     write_summary(target, summary, evaluate.tilt_estimates_table(summary) + "\n\n" + evaluate.tilt_peaks_table(summary))
 
 

@@ -61,6 +61,17 @@ class TiltEstimator:
         """Magnitude-weighted gradient orientations of an ``H x W x 3`` uint8 RGB image modulo 90 degrees, smoothed
         circularly: float64 array of ``bins``, bin ``i`` centred on ``-45 + 90 * i / bins`` degrees
         (counter-clockwise as displayed)."""
+        grey, inside = self.prepared(image)
+        gx, gy = _scharr(grey.astype(np.float32))
+        inside = _eroded(inside, 1)  # the gradient's own reach
+        # The gradient's angle counter-clockwise as displayed (y points down), modulo 90 degrees.
+        return self.smoothed_histogram(np.degrees(np.arctan2(-gy[inside], gx[inside])),
+                                       np.hypot(gx[inside], gy[inside]))
+
+    def prepared(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """An ``H x W x 3`` uint8 RGB image at the estimator's scale (at most ``size`` pixels a side): its grey
+        ``h x w`` uint8 image and the ``h x w`` bool mask of the pixels to read, those at least ``margin_px`` from a
+        turned canvas's black corners and from the border."""
         grey = Image.fromarray(np.ascontiguousarray(image)).convert("L")
         photo = Image.fromarray(np.any(image > 0, axis=2).astype(np.uint8) * 255)
         height, width = image.shape[:2]
@@ -69,15 +80,14 @@ class TiltEstimator:
             shape = (max(1, round(width * scale)), max(1, round(height * scale)))
             grey = grey.resize(shape, Image.Resampling.BILINEAR, reducing_gap=2.0)
             photo = photo.resize(shape, Image.Resampling.BOX)
-        grey = np.asarray(grey, dtype=np.float32)
-        inside = _eroded(np.asarray(photo) == 255, self.margin_px + 1)  # +1: the gradient's own reach
-        gx, gy = _scharr(grey)
-        magnitude = np.hypot(gx[inside], gy[inside])
-        # The gradient's angle counter-clockwise as displayed (y points down), modulo 90 degrees.
-        angle = np.degrees(np.arctan2(-gy[inside], gx[inside]))
+        return np.asarray(grey), _eroded(np.asarray(photo) == 255, self.margin_px)
+
+    def smoothed_histogram(self, angles_deg: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Weighted angles (degrees, counter-clockwise as displayed) binned modulo 90 degrees as :meth:`histogram`
+        says, then smoothed by a circular Gaussian of ``smooth_deg``."""
         step = PERIOD_DEG / self.bins
-        index = np.floor(np.mod(angle + PERIOD_DEG / 2 + step / 2, PERIOD_DEG) / step).astype(np.int64)
-        counts = np.bincount(np.minimum(index, self.bins - 1), weights=magnitude, minlength=self.bins)
+        index = np.floor(np.mod(angles_deg + PERIOD_DEG / 2 + step / 2, PERIOD_DEG) / step).astype(np.int64)
+        counts = np.bincount(np.minimum(index, self.bins - 1), weights=weights, minlength=self.bins)
         distance = np.minimum(np.arange(self.bins), self.bins - np.arange(self.bins)) * step
         kernel = np.exp(-0.5 * (distance / self.smooth_deg) ** 2)
         return np.real(np.fft.ifft(np.fft.fft(counts) * np.fft.fft(kernel)))

@@ -1,21 +1,22 @@
-"""``python -m canon.research {probe,orientation,train,tilt-candidates,tilt-network} ...``: the experiments' command
-line, on the library's option groups.
+"""``python -m canon.research {probe,orientation,train,tilt-candidates,tilt-network,tilt-lines} ...``: the experiments'
+command line, on the library's option groups.
 
 ``probe`` fits an equivariant linear probe on the frozen trunk of a canonicalizer and ``orientation`` evaluates one
 like ``python -m canon evaluate orientation``; ``train`` is ``python -m canon train`` with distillation from a
 teacher (``--teacher``) and learning curves (``--train-fraction``); ``tilt-candidates`` measures three ways of
-undoing a tilt side by side, and ``tilt-network`` trains a C_N network to read the tilt and sets it beside the edge
-stage, fold by fold.
+undoing a tilt side by side, ``tilt-network`` trains a C_N network to read the tilt and sets it beside the edge
+stage, fold by fold, and ``tilt-lines`` measures a tilt stage that reads line segments as ``evaluate tilt`` measures
+the edge stage.
 """
 
 from __future__ import annotations
 
 import sys
 
-from ..cli import (CliError, Parser, add_command, canonicalizer_default, check_fold, evaluate_orientation, input_size,
-                   json_option, json_target, load_canonicalizer, model_options, number, orientation_options,
-                   photo_files, run_training, split_options, training_options, whole_number, write_summary,
-                   writable_folder)
+from ..cli import (CliError, Parser, add_command, canonicalizer_default, check_fold, evaluate_orientation,
+                   evaluate_tilt, input_size, json_option, json_target, load_canonicalizer, model_options, number,
+                   orientation_options, photo_files, run_training, split_options, tilt_options, training_options,
+                   whole_number, write_summary, writable_folder)
 
 
 def build_parser() -> Parser:
@@ -72,6 +73,9 @@ def build_parser() -> Parser:
     tilt_network.add_argument("--folds", type=whole_number(2), default=5,
                               help="folds of the grouped split, each trained and read on its own (default 5)")
     json_option(tilt_network)
+
+    add_command(commands, "tilt-lines", "a tilt stage reading line segments (LSD) instead of gradients, alone, per "
+                "gate", tilt_lines_command, tilt_options)
     return parser
 
 
@@ -123,6 +127,12 @@ def tilt_candidates_command(args) -> None:
     summary = compare(load_canonicalizer(args), files, args.canonicalizer or canonicalizer_default(),
                       args.candidate_step)
     write_summary(target, summary, table(summary))
+
+
+def tilt_lines_command(args) -> None:
+    from .tilt_lines import LineSegmentTiltEstimator
+
+    evaluate_tilt(args, LineSegmentTiltEstimator())
 
 
 def tilt_network_command(args) -> None:
