@@ -236,6 +236,9 @@ class Handlers:
 
     def __init__(self, models: Models, exports: ExportFolder | None = None, everything_options: dict | None = None):
         self.models = models
+        # A visitor's session starts with the tilt stage as the server is set (a yes or no, so that switching it
+        # off and on again gives the same request key).
+        self.fresh = Session(tilt_stage=models.canonicalizer.tilt is not None)
         self.uploads = Uploads()
         self.exports = exports or ExportFolder()
         self.everything_options = everything_options or {}
@@ -247,9 +250,11 @@ class Handlers:
 
     # ------------------------------------------------------------------------------------ light page events
 
-    def photo(self, session: Session | None, upload, request: gr.Request = None) -> Page:
+    def photo(self, session: Session | None, upload, tilt_stage: bool | None = None,
+              request: gr.Request = None) -> Page:
         """A new photo, uploaded or pasted: ``upload`` is Gradio's file payload, None when cleared. It starts
-        upright (the angle goes back to 0)."""
+        upright (the angle goes back to 0). ``tilt_stage``: the page's box (see :meth:`_starting`)."""
+        session = self._starting(session, tilt_stage)
         if upload is None:
             return self._blank(HOW_TO, session, request)
         try:
@@ -258,22 +263,23 @@ class Handlers:
             return self._blank(_warning(error), session, request, upload=None)
         note = _shrink_note(size, photo)
         status = "Photo loaded" + (f" ({note})" if note else "") + ". Turn it, then click on it to prompt SAM."
-        return self._shown_photo((session or Session()).with_photo(photo), status, request, angle=0)
+        return self._shown_photo(session.with_photo(photo), status, request, angle=0)
 
-    def example(self, session: Session | None, evt: gr.SelectData, request: gr.Request = None) -> Page:
-        """An example picked from the gallery: its photo at its angle."""
+    def example(self, session: Session | None, evt: gr.SelectData, tilt_stage: bool | None = None,
+                request: gr.Request = None) -> Page:
+        """An example picked from the gallery: its photo at its angle (``tilt_stage``: as for :meth:`photo`)."""
         index = evt.index if isinstance(evt.index, int) and not isinstance(evt.index, bool) else -1
         if not 0 <= index < len(EXAMPLES):
             return Page(status=_warning("pick one of the examples"))
         name, angle, label, note = EXAMPLES[index]
         photo, _ = prepare_photo(EXAMPLES_DIR / name)
         status = f"Example loaded: {label.rstrip(' ✘')}, turned {angle}°{': ' + note if note else ''}. Click on it."
-        return self._shown_photo((session or Session()).with_photo(photo, angle), status, request, angle=angle,
-                                 upload=photo)
+        return self._shown_photo(self._starting(session, tilt_stage).with_photo(photo, angle), status, request,
+                                 angle=angle, upload=photo)
 
     def rotate(self, session: Session | None, shown: Shown | None, angle: float, request: gr.Request = None) -> Page:
         """The photo turned to ``angle`` degrees counter-clockwise; the prompts turn with it."""
-        session = session or Session()
+        session = session or self.fresh
         if session.photo is None:
             return Page(status=NO_PHOTO)
         try:
@@ -295,8 +301,8 @@ class Handlers:
     def tilt_stage(self, session: Session | None, shown: Shown | None, on: bool, request: gr.Request = None) -> Page:
         """The tilt stage put in front of the canonicalizer (``on``) or taken away, for this visitor."""
         if not isinstance(on, bool):
-            return Page(status=_warning(f"{TILT_STAGE.lower()} is a yes or a no"))
-        session = (session or Session()).with_tilt_stage(on)
+            return Page(status=_warning(f"*{TILT_STAGE}* is a yes or a no"))
+        session = (session or self.fresh).with_tilt_stage(on)
         if session.photo is None:
             return Page(session=session)
         working = "⏳ Updating SAM's masks for the canonicalizer's new image…" if (
@@ -306,7 +312,7 @@ class Handlers:
     def click(self, session: Session | None, shown: Shown | None, mode: str, evt: gr.SelectData,
               request: gr.Request = None) -> Page:
         """A click on the turned photo: a point or a box corner, as ``mode`` (a key of CLICK_MODES) says."""
-        session = session or Session()
+        session = session or self.fresh
         if session.photo is None:
             return Page(status=NO_PHOTO)
         try:
@@ -320,13 +326,13 @@ class Handlers:
         return self._prompted(session, shown, request, "Now click the opposite corner of the box." if waiting else "")
 
     def undo(self, session: Session | None, shown: Shown | None, request: gr.Request = None) -> Page:
-        return self._prompted((session or Session()).undone(), shown, request)
+        return self._prompted((session or self.fresh).undone(), shown, request)
 
     def clear(self, session: Session | None, shown: Shown | None, request: gr.Request = None) -> Page:
-        return self._prompted((session or Session()).cleared(), shown, request)
+        return self._prompted((session or self.fresh).cleared(), shown, request)
 
     def everything(self, session: Session | None, shown: Shown | None, request: gr.Request = None) -> Page:
-        return self._prompted((session or Session()).asking_everything(), shown, request)
+        return self._prompted((session or self.fresh).asking_everything(), shown, request)
 
     def redraw(self, session: Session | None, shown: Shown | None, show: str, opacity: float) -> Page:
         """The result panels drawn again as the display options say (no model runs)."""
@@ -356,7 +362,7 @@ class Handlers:
         yield from updates
 
     def _sam_updates(self, session, shown, sam, multimask, show, opacity, request):
-        session = session or Session()
+        session = session or self.fresh
         if session.photo is None:
             return
         key = self.request_key(session, sam, multimask)
@@ -412,7 +418,7 @@ class Handlers:
 
         def swept(session: Session | None, shown: Shown | None, sam: str, multimask: bool,
                   progress=gr.Progress(track_tqdm=True)) -> SweepPage:
-            session = session or Session()
+            session = session or self.fresh
             if session.photo is None:
                 return SweepPage(gr.Gallery(visible=False), NO_PHOTO)
             try:
@@ -525,6 +531,12 @@ class Handlers:
         return (kind, session.photo_id, session.residual_deg if kind == "quarter turns" else 0.0, session.clicks,
                 session.tilt_stage)
 
+    def _starting(self, session: Session | None, tilt_stage) -> Session:
+        """The session a new photo starts from, its tilt stage as the page's box shows it: Gradio drops an idle
+        session, and the box then still shows the visitor's choice (anything but a yes or no leaves the session's)."""
+        session = session or self.fresh
+        return session.with_tilt_stage(tilt_stage) if isinstance(tilt_stage, bool) else session
+
     def _note(self, request: gr.Request | None, session: Session) -> None:
         """Record ``session`` as the visitor's newest, for :meth:`_overtaken`."""
         visitor = getattr(request, "session_hash", None)
@@ -556,7 +568,7 @@ class Handlers:
 
     def _blank(self, status: str, session: Session | None, request: gr.Request | None, **extra) -> Page:
         """No photo: every panel empty, the slider at 0, no sweep (the visitor's choice of tilt stage kept)."""
-        session = (session or Session()).without_photo()
+        session = (session or self.fresh).without_photo()
         self._note(request, session)
         return Page(session=session, shown=Shown(), status=status, view=None, verdict="", sam=None,
                     canonicalized=None, probabilities=None, canonical=None, details="", downloads=None,
@@ -871,7 +883,7 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
     heavy = dict(concurrency_id=HEAVY, concurrency_limit=concurrency_limit, api_visibility="private",
                  show_progress="hidden")
     with Blocks(title="Canonicalized SAM", delete_cache=(3600, 3600)) as demo:
-        session = gr.State(Session(), time_to_live=4 * 3600)
+        session = gr.State(handlers.fresh, time_to_live=4 * 3600)
         shown = gr.State(Shown(), time_to_live=4 * 3600)
         gr.Markdown(INTRO, elem_id="intro")
         with gr.Row(equal_height=False, elem_id="workspace"):
@@ -945,15 +957,16 @@ def build_demo(models: Models, *, concurrency_limit: int = 1, everything_options
             event.then(handlers.sam_step, [session, shown, *options], page, **heavy)
 
         # .upload and .clear, not .change: a photo the page puts in the box (an example) is not a second upload.
-        then_sam(upload.upload(handlers.photo, [session, upload], page, preprocess=False, **light))
-        upload.clear(handlers.photo, [session, upload], page, preprocess=False, **light)
-        then_sam(examples.select(handlers.example, [session], page, **light))
+        then_sam(upload.upload(handlers.photo, [session, upload, tilt_stage], page, preprocess=False, **light))
+        upload.clear(handlers.photo, [session, upload, tilt_stage], page, preprocess=False, **light)
+        then_sam(examples.select(handlers.example, [session, tilt_stage], page, **light))
         for value, button in turns.items():
             then_sam(button.click(handlers.turn(value), [session, shown], page, **light))
             button.click(None, js=SHOW_VIEW_ON_PHONE)
         then_sam(angle.input(handlers.rotate, [session, shown, angle], page, trigger_mode="always_last", **light))
         then_sam(angle.release(handlers.rotate, [session, shown, angle], page, **light))
-        then_sam(tilt_stage.input(handlers.tilt_stage, [session, shown, tilt_stage], page, **light))
+        then_sam(tilt_stage.input(handlers.tilt_stage, [session, shown, tilt_stage], page, trigger_mode="always_last",
+                                  **light))
         then_sam(view.select(handlers.click, [session, shown, mode], page, trigger_mode="multiple", **light))
         then_sam(undo.click(handlers.undo, [session, shown], page, **light))
         then_sam(clear.click(handlers.clear, [session, shown], page, **light))

@@ -206,7 +206,8 @@ class Session:
         return Session(tilt_stage=self.tilt_stage)
 
     def with_tilt_stage(self, tilt_stage: bool) -> "Session":
-        return replace(self, tilt_stage=bool(tilt_stage))
+        """The session with the tilt stage put in front of the canonicalizer (True) or not (False)."""
+        return replace(self, tilt_stage=tilt_stage)
 
     @property
     def key(self) -> tuple:

@@ -376,7 +376,7 @@ def test_a_visitor_switches_the_tilt_stage_on_and_keeps_it_for_the_next_photo(ha
     screen.then_sam().click(width // 2, height // 2)
     screen.light(handlers.sweep("tilts"), screen.session, screen.shown, "standin", True)
     screen.turn(20)
-    assert screen.session.tilt_stage is None and "tilt it does not undo" in screen.verdict
+    assert screen.session.tilt_stage is False and "tilt it does not undo" in screen.verdict
     before = screen.shown.outcome.canonicalization
 
     screen.light(handlers.tilt_stage, screen.session, screen.shown, True)
@@ -396,9 +396,14 @@ def test_a_visitor_switches_the_tilt_stage_on_and_keeps_it_for_the_next_photo(ha
     assert cleared.session.tilt_stage is True and cleared.session.photo is None
     for hostile in ("yes", 1, None, {"value": True}):
         page = handlers.tilt_stage(screen.session, screen.shown, hostile)
-        assert page.status == f"⚠ {app.TILT_STAGE.lower()} is a yes or a no." and page.session is app.SKIP
+        assert page.status == f"⚠ *{app.TILT_STAGE}* is a yes or a no." and page.session is app.SKIP
     off = handlers.tilt_stage(cleared.session, None, False)
     assert off.session.tilt_stage is False and off.view is app.SKIP  # no photo: the choice only
+    # Gradio dropped the session after a long idle: the box, still ticked, decides for the next photo.
+    assert handlers.example(None, gr.SelectData(None, {"index": 0, "value": None}), True).session.tilt_stage
+    assert handlers.photo(None, None, True).session.tilt_stage is True
+    again = handlers.tilt_stage(handlers.tilt_stage(screen.session, None, False).session, None, True).session
+    assert again.key == screen.session.key  # off and on again: the same request
 
 
 def _undone(summary: str) -> list[float]:

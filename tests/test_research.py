@@ -337,6 +337,7 @@ def test_tilt_network_command_reads_every_fold_beside_the_edge_stage(tmp_path, c
     (["--input-size", "96"], "tilt network settings out of range"),
     (["--group-order", "8"], "argument --group-order: 8 is less than 16"),
     (["--only-fold", "5"], "--only-fold takes 0 to 4 with --folds 5"),
+    (["--angle-step", "90"], "--angle-step leaves no tilt beyond quarter turns"),
 ])
 def test_tilt_network_command_refuses_settings_it_cannot_train(args, message, tmp_path, capsys):
     assert main(["tilt-network", "--images", str(UPRIGHT), *args, "--json", str(tmp_path / "n.json")]) == 2
@@ -364,6 +365,7 @@ def test_the_line_segment_stage_reads_a_turned_facade_and_not_the_canvas(tmp_pat
     assert main(["tilt-lines", "--images", str(folder), "--angle-step", "30", "--gate", "1.5", "--json",
                  str(target)]) == 0
     summary = json.loads(target.read_text())
-    assert summary["tilt_estimator"]["gate"] == 1.1 and summary["gates"]["1.5"]["within_5deg"] == 1.0
+    assert summary["reader"] == "LineSegmentTiltEstimator" and summary["tilt_estimator"]["gate"] == 1.1
+    assert summary["gates"]["1.5"]["within_5deg"] == 1.0
     assert summary["peaks"]["right_everywhere"] == 1
     assert "| 1.5 | 100.0 % | 100.0 % | 100.0 % |" in capsys.readouterr().out

@@ -443,11 +443,12 @@ def test_the_page_reads_no_file_the_visitor_did_not_upload(url, hostile_paths):
     """The page's own photo event takes the same payloads; Gradio records a path in its folder that a request
     names among the upload box's files, so a second try with the same path must still be refused."""
     for path in hostile_paths[:8] + [hostile_paths[-3]] * 2:
-        message = page_event(url, "upload", "upload", [None, payload(path)])
+        message = page_event(url, "upload", "upload", [None, payload(path), False])
         # Refused by Gradio's own check (a path outside its folder: an error alert) or by the app's (the status
         # line); the same sentence either way.
         shown = message["output"]["data"][STATUS] if message["success"] else message["output"]["error"]
         assert shown.removeprefix("⚠ ").lower() == f"{UPLOAD_REFUSAL}.", (path, shown)
     cat = uploaded(url, "cat.jpg", CAT.read_bytes())
-    message = page_event(url, "upload", "upload", [None, payload(cat)])
-    assert message["output"]["data"][STATUS].startswith("Photo loaded"), message["output"]["data"][STATUS]
+    for tilt_stage in (False, {"path": "/etc/passwd"}):  # the tilt stage's box: a yes or no, anything else ignored
+        message = page_event(url, "upload", "upload", [None, payload(cat), tilt_stage])
+        assert message["output"]["data"][STATUS].startswith("Photo loaded"), message["output"]["data"][STATUS]

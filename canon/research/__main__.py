@@ -136,12 +136,15 @@ def tilt_lines_command(args) -> None:
 
 
 def tilt_network_command(args) -> None:
+    from ..evaluate import residual_tilts
     from .tilt_network import TiltNetworkConfig, compare, table
 
     target = json_target(args.json)
     files = photo_files(args.images)
     if args.only_fold and max(args.only_fold) >= args.folds:
         raise CliError(f"--only-fold takes 0 to {args.folds - 1} with --folds {args.folds}")
+    if residual_tilts(args.angle_step) == [0.0]:
+        raise CliError("--angle-step leaves no tilt beyond quarter turns: take one that is not a multiple of 90")
     try:
         config = TiltNetworkConfig(group_order=args.group_order, input_size=args.input_size, steps=args.steps)
     except ValueError as error:
