@@ -64,10 +64,10 @@ class Models:
         if not sam_sources:
             raise ValueError("no SAM to offer")
         self.canonicalizer = canonicalizer
-        # Without a tilt stage, the one put in front is TiltEstimator's defaults; with one, the server's settings.
-        self._by_tilt_stage = {canonicalizer.tilt is not None: canonicalizer,
-                               canonicalizer.tilt is None: canonicalizer.with_tilt(
-                                   TiltEstimator() if canonicalizer.tilt is None else None)}
+        # The server's own tilt settings where it has some, else TiltEstimator's defaults.
+        served_with_tilt = canonicalizer.tilt is not None
+        other = canonicalizer.with_tilt(None if served_with_tilt else TiltEstimator())
+        self._by_tilt_stage = {served_with_tilt: canonicalizer, not served_with_tilt: other}
         self.sam_sources = dict(sam_sources)
         self.default_sam = default_sam or next(iter(self.sam_sources))
         self.device, self.max_loaded, self.retry_after_s = device, max_loaded, retry_after_s

@@ -196,10 +196,11 @@ def _peak_readings(files: list[Path], peaks: np.ndarray, residuals: list[float])
     mean = np.degrees(np.angle(np.exp(4j * np.radians(offsets)).mean(axis=1))) / 4
     spread = np.abs((offsets - mean[:, None] + PERIOD_DEG / 2) % PERIOD_DEG - PERIOD_DEG / 2)
     right = np.abs(offsets) <= WITHIN_DEG
+    right_everywhere = np.all(right, axis=1)
     one_offset = np.all(spread <= WITHIN_DEG, axis=1) & ~np.any(right, axis=1)
     near_upright = np.array([angular_error_deg(0.0, r, PERIOD_DEG) <= WITHIN_DEG for r in residuals])
-    return {"right_everywhere": int(np.all(right, axis=1).sum()), "one_offset": int(one_offset.sum()),
-            "mixed": int(len(files) - np.all(right, axis=1).sum() - one_offset.sum()),
+    return {"right_everywhere": int(right_everywhere.sum()), "one_offset": int(one_offset.sum()),
+            "mixed": int(np.sum(~right_everywhere & ~one_offset)),
             "perfect_gate_within_5deg": float((right | near_upright).mean()),
             "offset_photos": {path.name: round(float(offset), 1) for path, offset, chosen
                               in zip(files, mean, one_offset) if chosen}}
